@@ -1,0 +1,116 @@
+"""The one config schema all training stages share (expert, generator, gan).
+
+Every key any stage, the train loop or the input pipeline reads is declared here, with its default, so a
+typo in a stage file or on the command line (`--config.optimizer.lrr=1`) fails naming the key: the
+returned ConfigDict is locked. Stage files (`configs/expert.py`, ...) call `base_config(stage)`, set the
+original Wav2Lip hyper-parameters, and offer variants through `get_config(arg)`:
+
+  python -m lipsync_jax.main --config=configs/gan.py:tiny --workdir=/tmp/w
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import ml_collections
+
+STAGES = ('expert', 'generator', 'gan')
+
+
+def base_config(stage: str) -> ml_collections.ConfigDict:
+  """Returns the full, unlocked schema with neutral defaults for `stage`."""
+  if stage not in STAGES:
+    raise ValueError(f'Unknown stage {stage!r}; expected one of {STAGES}.')
+  c = ml_collections.ConfigDict()
+  c.stage = stage
+  c.seed = 0
+
+  # Models (lipsync_jax.models): channel width fraction and compute precision (params stay float32).
+  c.model = ml_collections.ConfigDict()
+  c.model.width_multiplier = 1.0
+  c.model.compute_dtype = 'float32'  # 'float32' | 'bfloat16'
+  c.model.expert_width_multiplier = 0.0  # the frozen expert's width; 0 = inferred from its variables
+  c.model.transpose_impl = 'auto'  # Wav2Lip stride-2 transposed convs: 'direct' | 'phase' | 'auto'
+
+  # Data (lipsync_jax.input_pipeline). shards_dir '' = the built-in demo corpus, built into the cache dir
+  # ($LIPSYNC_JAX_CACHE or ~/.cache/lipsync_jax) on first use.
+  c.data = ml_collections.ConfigDict()
+  c.data.shards_dir = ''
+  c.data.train_split = 'train'
+  c.data.eval_split = 'val'
+  c.data.img_size = 96
+  c.data.global_batch_size = 16
+  c.data.worker_count = 0  # grain worker processes per host (0 = in the main process)
+  c.data.demo_num_clips = 240  # size of the built-in demo corpus when shards_dir is ''
+
+  # Optimisers (optax Adam). grad_clip 0 = off.
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 1e-4
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.disc_lr = 1e-4
+  c.optimizer.disc_b1 = 0.5
+  c.optimizer.disc_b2 = 0.999
+  c.optimizer.grad_clip = 0.0
+
+  # Losses and the sync-weight schedule (spec section 7).
+  c.loss = ml_collections.ConfigDict()
+  c.loss.syncnet_wt_initial = 0.0
+  c.loss.syncnet_wt_target = 0.0
+  c.loss.sync_trigger_threshold = 0.75  # eval sync loss below this switches the weight to the target
+  c.loss.disc_wt = 0.0
+  c.loss.expert_bn = 'batch'  # 'batch' (the original: batch statistics) | 'running'
+
+  # Device mesh (lipsync_jax.sharding). Sizes -1 = all remaining devices. Batches are split over
+  # ('data', 'fsdp'); params are replicated, or sharded over 'fsdp' with param_sharding='fsdp'.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.param_sharding = 'replicated'  # 'replicated' | 'fsdp'
+
+  # The frozen sync expert the generator stages need: a lipsync_jax variables dir
+  # (lipsync_jax.convert.save_variables), an expert training workdir, or an official .pth.
+  # 'random-init' = a freshly initialised expert (smoke tests only; the sync loss is then meaningless).
+  c.expert_checkpoint = ''
+
+  # Loop.
+  c.num_train_steps = 100_000
+  c.log_every_steps = 100
+  c.eval_every_steps = 3000
+  c.eval_batches = 300  # 0 = no evaluation (and no sync-weight trigger)
+  c.sample_grid_rows = 4
+  c.checkpoint_every_steps = 3000
+  c.keep_checkpoints = 3
+  c.async_checkpointing = True
+  return c
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Locks the config: from here on unknown keys (also `--config.x=y`) raise, naming the key."""
+  config.lock()
+  return config
+
+
+def select_variant(arg: str | None, variants: dict[str, Callable[[ml_collections.ConfigDict], None]],
+                   config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Applies the variant named by `arg` (None / '' = 'default') in place and returns the locked config."""
+  name = arg or 'default'
+  if name not in variants:
+    raise ValueError(f'Unknown config variant {name!r} for stage {config.stage!r}; '
+                     f'choose one of {sorted(variants)} (e.g. configs/{config.stage}.py:tiny).')
+  variants[name](config)
+  return finalize(config)
+
+
+def tiny_common(c: ml_collections.ConfigDict) -> None:
+  """Shared settings of the `tiny` variants: a few steps of a 1/32-width model on a tiny demo corpus."""
+  c.model.width_multiplier = 1 / 32
+  c.data.global_batch_size = 8
+  c.data.demo_num_clips = 12
+  c.num_train_steps = 6
+  c.log_every_steps = 2
+  c.eval_every_steps = 3
+  c.eval_batches = 2
+  c.sample_grid_rows = 2
+  c.checkpoint_every_steps = 3
+  c.keep_checkpoints = 2

@@ -1,0 +1,58 @@
+"""Wav2Lip generator training config (L1 + sync loss through the frozen expert), original hyper-parameters
++ `tiny` / `demo` variants. Needs an expert: --config.expert_checkpoint=<expert workdir | variables dir | .pth>.
+
+  python -m lipsync_jax.main --config=configs/generator.py:demo --workdir=workdirs/gen_demo \
+      --config.expert_checkpoint=workdirs/expert_demo
+"""
+
+from __future__ import annotations
+
+try:
+  from configs import common
+except ModuleNotFoundError:  # loaded by path (config_flags) from outside the repository root
+  import importlib.util as _ilu, pathlib as _pl
+  _spec = _ilu.spec_from_file_location('configs.common', _pl.Path(__file__).with_name('common.py'))
+  common = _ilu.module_from_spec(_spec)
+  _spec.loader.exec_module(common)
+
+
+def _default(c):
+  """The original: Adam 1e-4 (0.9, 0.999), batch 16, sync weight 0 -> 0.01 once eval sync loss < 0.75,
+  eval every 3000 steps (~700 batches)."""
+  c.data.global_batch_size = 16
+  c.optimizer.lr = 1e-4
+  c.optimizer.b1, c.optimizer.b2 = 0.9, 0.999
+  c.loss.syncnet_wt_initial = 0.0
+  c.loss.syncnet_wt_target = 0.01
+  c.loss.sync_trigger_threshold = 0.75
+  c.loss.disc_wt = 0.0
+  c.loss.expert_bn = 'batch'
+  c.num_train_steps = 250_000
+  c.eval_every_steps = 3000
+  c.eval_batches = 700
+  c.checkpoint_every_steps = 3000
+
+
+def _tiny(c):
+  _default(c)
+  common.tiny_common(c)
+  c.expert_checkpoint = 'random-init'
+
+
+def _demo(c):
+  _default(c)
+  c.model.width_multiplier = 1 / 8
+  c.data.global_batch_size = 8
+  c.optimizer.lr = 1e-3
+  c.num_train_steps = 1000
+  c.log_every_steps = 25
+  c.eval_every_steps = 200
+  c.eval_batches = 8
+  c.checkpoint_every_steps = 200
+
+
+VARIANTS = {'default': _default, 'tiny': _tiny, 'demo': _demo}
+
+
+def get_config(arg: str | None = None):
+  return common.select_variant(arg, VARIANTS, common.base_config('generator'))

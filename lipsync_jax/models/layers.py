@@ -1,0 +1,282 @@
+"""Building blocks of the Wav2Lip networks (spec section 1), NHWC, PyTorch-exact.
+
+Owns:
+  * `BatchNorm`: PyTorch BatchNorm2d semantics (eps 1e-5, momentum 0.1, normalise with the biased batch
+    variance, update the running variance with the unbiased one). Statistics are always float32.
+    Variables: params {scale, bias}, batch_stats {mean, var}.
+  * `ConvBN`: Conv2d (bias) -> BatchNorm -> (+ input if residual) -> ReLU.
+  * `ConvTranspose`: PyTorch ConvTranspose2d semantics (incl. output_padding), two implementations with the
+    same parameters: 'direct' (lax.conv_transpose) and 'phase' (one stride-1 convolution per output phase +
+    depth-to-space; much faster weight gradients on XLA:CPU). 'auto' picks by backend.
+  * `ConvTBN`: ConvTranspose -> BatchNorm -> ReLU.
+  * `ConvLeaky`: Conv2d (bias) -> LeakyReLU(0.01).
+  * `Conv`: plain Conv2d with bias and PyTorch's default initialisation.
+  * `scaled_channels(c, width_multiplier)`: the channel rule shared by all networks.
+
+Train/eval: modules take `train: bool`. With train=True BatchNorm uses batch statistics and updates the
+running statistics when the 'batch_stats' collection is mutable (`apply(..., mutable=['batch_stats'])`);
+when it is not mutable (e.g. a frozen expert evaluated with batch statistics) the update is skipped.
+Under jax.jit with the batch sharded over devices, the batch mean is global (GSPMD), no axis_name needed.
+
+Inference-only variant: `fold_bn=True` replaces conv + BatchNorm by one conv whose bias absorbs the
+(running) statistics; see `lipsync_jax.models.fold_batch_norm`.
+
+Parameter layout (so conversion from PyTorch is mechanical): conv kernels are HWIO (PyTorch (out, in, kh, kw)
+transposed by (2, 3, 1, 0)); transposed-conv kernels are (kh, kw, out, in) (PyTorch (in, out, kh, kw)
+transposed by the same (2, 3, 1, 0)).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Dtype = Any
+PairOrInt = int | Sequence[int]
+
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1  # PyTorch convention: running = (1 - m) * running + m * batch.
+
+
+def pair(value: PairOrInt) -> tuple[int, int]:
+  """(height, width) from an int or a 2-sequence."""
+  if isinstance(value, int):
+    return (value, value)
+  value = tuple(int(v) for v in value)
+  if len(value) != 2:
+    raise ValueError(f"expected an int or a (height, width) pair, got {value!r}")
+  return value
+
+
+def scaled_channels(channels: int, width_multiplier: float) -> int:
+  """Channel count of a layer under a width multiplier (1.0 = the original network)."""
+  return max(1, int(round(channels * width_multiplier)))
+
+
+def _fast_init_key(key):
+  """An 'rbg' key derived from any key: one RngBitGenerator op per parameter instead of an unrolled
+  threefry (jit-compiling the init of Wav2Lip on XLA:CPU drops from ~80 s to ~20 s on a loaded 2-core box).
+  Deterministic for a given key and backend, which is all an initialiser needs."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  data = key.reshape(-1).astype(jnp.uint32)
+  if data.size < 4:
+    data = jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9), data, data])
+  return jax.random.wrap_key_data(data[:4], impl="rbg")
+
+
+def torch_uniform_init(fan_in: int):
+  """PyTorch's default conv init for weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(max(1, fan_in))
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(_fast_init_key(key), shape, dtype, -bound, bound)
+
+  return init
+
+
+def resolve_transpose_impl(impl: str) -> str:
+  """'auto' -> 'phase' on CPU (the direct form's weight gradient is very slow there), 'direct' elsewhere."""
+  if impl == "auto":
+    return "phase" if jax.default_backend() == "cpu" else "direct"
+  if impl not in ("direct", "phase"):
+    raise ValueError(f"transpose_impl must be 'direct', 'phase' or 'auto', got {impl!r}")
+  return impl
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm over N, H, W with PyTorch's exact semantics; statistics in float32."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    features = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+    reduce_axes = tuple(range(x.ndim - 1))
+    if train:
+      x32 = x.astype(jnp.float32)
+      mean = jnp.mean(x32, axis=reduce_axes)
+      var = jnp.mean(jnp.square(x32 - mean), axis=reduce_axes)  # biased, two-pass (exact like PyTorch)
+      if self.is_mutable_collection("batch_stats") and not self.is_initializing():
+        count = math.prod(x.shape[a] for a in reduce_axes)
+        unbiased = var * (count / max(count - 1, 1))
+        ra_mean.value = (1.0 - BN_MOMENTUM) * ra_mean.value + BN_MOMENTUM * mean
+        ra_var.value = (1.0 - BN_MOMENTUM) * ra_var.value + BN_MOMENTUM * unbiased
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    multiplier = scale * lax.rsqrt(var + BN_EPS)
+    offset = bias - mean * multiplier
+    y = x.astype(jnp.float32) * multiplier + offset
+    return y.astype(self.dtype)
+
+
+class Conv(nn.Module):
+  """Conv2d with bias, explicit symmetric zero padding and PyTorch's default init. Kernel HWIO."""
+  features: int
+  kernel_size: PairOrInt
+  stride: PairOrInt = 1
+  padding: PairOrInt = 0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kh, kw = pair(self.kernel_size)
+    ph, pw = pair(self.padding)
+    fan_in = x.shape[-1] * kh * kw
+    kernel = self.param("kernel", torch_uniform_init(fan_in), (kh, kw, x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param("bias", torch_uniform_init(fan_in), (self.features,), jnp.float32)
+    y = lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype), window_strides=pair(self.stride),
+        padding=((ph, ph), (pw, pw)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias.astype(self.dtype)
+
+
+def _phase_taps(kernel_len: int, stride: int, pad: int, phase: int) -> tuple[list[int], int]:
+  """Kernel taps contributing to output positions o = stride*m + phase, and the input offset of the first.
+
+  PyTorch ConvTranspose: y[o] = sum_{i,k : o = i*stride - pad + k} x[i] w[k]. For o = stride*m + phase,
+  i = m + (phase + pad - k) / stride. Returns taps ordered by increasing input offset and that minimal
+  offset d_min (taps then read x[m + d_min + j] for j = 0..len-1 with no gaps since offsets step by 1).
+  """
+  taps = [k for k in range(kernel_len) if (phase + pad - k) % stride == 0]
+  taps.sort(key=lambda k: (phase + pad - k) // stride)
+  if not taps:
+    return [], 0
+  return taps, (phase + pad - taps[0]) // stride
+
+
+def conv_transpose_direct(x, kernel, strides, padding, output_padding):
+  """PyTorch ConvTranspose2d via lax.conv_transpose. kernel (kh, kw, out, in); no bias."""
+  (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel.shape[:2], strides, padding, output_padding
+  pads = ((kh - 1 - ph, kh - 1 - ph + oh), (kw - 1 - pw, kw - 1 - pw + ow))
+  return lax.conv_transpose(x, kernel, strides=(sh, sw), padding=pads,
+                            dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
+
+
+def conv_transpose_phase(x, kernel, strides, padding, output_padding):
+  """Same operator as `conv_transpose_direct` as stride*stride stride-1 convs + depth-to-space."""
+  kh, kw = kernel.shape[:2]
+  (sh, sw), (ph, pw), (oh, ow) = strides, padding, output_padding
+  batch, in_h, in_w, _ = x.shape
+  out_h = (in_h - 1) * sh - 2 * ph + kh + oh
+  out_w = (in_w - 1) * sw - 2 * pw + kw + ow
+  n_h, n_w = -(-out_h // sh), -(-out_w // sw)  # positions per phase (ceil); extra ones are cropped.
+  # Forward-conv kernel (HWIO with I=in, O=out) of the transposed op, before tap selection.
+  forward_kernel = jnp.transpose(kernel, (0, 1, 3, 2))
+  rows = []
+  for a in range(sh):
+    taps_h, d_h = _phase_taps(kh, sh, ph, a)
+    cols = []
+    for b in range(sw):
+      taps_w, d_w = _phase_taps(kw, sw, pw, b)
+      if not taps_h or not taps_w:
+        cols.append(jnp.zeros((batch, n_h, n_w, kernel.shape[2]), x.dtype))
+        continue
+      sub = forward_kernel[jnp.array(taps_h)][:, jnp.array(taps_w)]
+      pads = ((-d_h, n_h - 1 + d_h + len(taps_h) - 1 - (in_h - 1)),
+              (-d_w, n_w - 1 + d_w + len(taps_w) - 1 - (in_w - 1)))
+      cols.append(lax.conv_general_dilated(x, sub, (1, 1), pads,
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    rows.append(jnp.stack(cols, axis=3))  # (B, n_h, n_w, sw, C)
+  y = jnp.stack(rows, axis=2)  # (B, n_h, sh, n_w, sw, C)
+  y = y.reshape(batch, n_h * sh, n_w * sw, kernel.shape[2])
+  return y[:, :out_h, :out_w]
+
+
+TRANSPOSE_IMPLS = {"direct": conv_transpose_direct, "phase": conv_transpose_phase}
+
+
+class ConvTranspose(nn.Module):
+  """PyTorch ConvTranspose2d (with bias). Kernel (kh, kw, out, in); impl 'direct' | 'phase' | 'auto'."""
+  features: int
+  kernel_size: PairOrInt
+  stride: PairOrInt = 1
+  padding: PairOrInt = 0
+  output_padding: PairOrInt = 0
+  transpose_impl: str = "auto"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kh, kw = pair(self.kernel_size)
+    in_features = x.shape[-1]
+    fan_in = self.features * kh * kw  # PyTorch computes fan_in from weight.size(1) = out channels.
+    kernel = self.param("kernel", torch_uniform_init(fan_in), (kh, kw, self.features, in_features),
+                        jnp.float32)
+    bias = self.param("bias", torch_uniform_init(fan_in), (self.features,), jnp.float32)
+    impl = TRANSPOSE_IMPLS[resolve_transpose_impl(self.transpose_impl)]
+    y = impl(x.astype(self.dtype), kernel.astype(self.dtype), pair(self.stride), pair(self.padding),
+             pair(self.output_padding))
+    return y + bias.astype(self.dtype)
+
+
+class ConvBN(nn.Module):
+  """Conv2d -> BatchNorm -> (+x if residual) -> ReLU. With fold_bn: Conv2d (folded bias) -> ... -> ReLU."""
+  features: int
+  kernel_size: PairOrInt
+  stride: PairOrInt = 1
+  padding: PairOrInt = 0
+  residual: bool = False
+  fold_bn: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    y = Conv(self.features, self.kernel_size, self.stride, self.padding, dtype=self.dtype, name="conv")(x)
+    if not self.fold_bn:
+      y = BatchNorm(dtype=self.dtype, name="bn")(y, train=train)
+    if self.residual:
+      if y.shape != x.shape:
+        raise ValueError(f"{self.name}: residual block needs equal input/output shapes, got {x.shape} -> "
+                         f"{y.shape}")
+      y = y + x.astype(y.dtype)
+    return nn.relu(y)
+
+
+class ConvTBN(nn.Module):
+  """ConvTranspose2d (PyTorch semantics) -> BatchNorm -> ReLU."""
+  features: int
+  kernel_size: PairOrInt
+  stride: PairOrInt = 1
+  padding: PairOrInt = 0
+  output_padding: PairOrInt = 0
+  transpose_impl: str = "auto"
+  fold_bn: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    y = ConvTranspose(self.features, self.kernel_size, self.stride, self.padding, self.output_padding,
+                      transpose_impl=self.transpose_impl, dtype=self.dtype, name="conv")(x)
+    if not self.fold_bn:
+      y = BatchNorm(dtype=self.dtype, name="bn")(y, train=train)
+    return nn.relu(y)
+
+
+class ConvLeaky(nn.Module):
+  """Conv2d -> LeakyReLU(0.01) (the discriminator's block; no normalisation)."""
+  features: int
+  kernel_size: PairOrInt
+  stride: PairOrInt = 1
+  padding: PairOrInt = 0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = Conv(self.features, self.kernel_size, self.stride, self.padding, dtype=self.dtype, name="conv")(x)
+    return nn.leaky_relu(y, negative_slope=0.01)
+
+
+def l2_normalize(x, eps: float = 1e-12):
+  """F.normalize(x, dim=-1) as x * rsqrt(max(sum(x^2), eps^2)): finite gradient at x = 0. float32."""
+  x = x.astype(jnp.float32)
+  return x * lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps * eps))

@@ -1,0 +1,498 @@
+"""The three training stages as pure functions: expert, generator (L1 + sync) and gan (+ quality disc).
+
+Owns: `TrainState`, the per-stage `init` / `train_step` / `eval_step` / `sample_grid` / `schedule_update`
+functions, and the `STAGES` registry (`get_stage(name)`). The train loop (lipsync_jax.train) jits these
+with shardings; nothing here knows about devices, meshes or files.
+
+Spec (WAV2LIP_REFERENCE.md sections 2-4, 6, 7):
+- expert: BCE(cosine(audio_emb, face_emb), label) in train mode (batch statistics); eval in eval mode.
+- generator: loss = w * sync + (1 - w) * L1. sync = BCE(expert(mel, lower halves of the 5 generated
+  frames stacked on channels), 1). Gradients flow through the expert into the generator; the expert's
+  variables are an argument of the step, wrapped in stop_gradient and never differentiated (we take the
+  gradient with respect to the generator's params only). The expert's BatchNorm uses batch statistics
+  (config.loss.expert_bn='batch', the original, the updates dropped) or its running statistics ('running').
+  w = state.sync_wt is a traced float32 scalar: `schedule_update` raises it from syncnet_wt_initial to
+  syncnet_wt_target once an eval sync loss is below sync_trigger_threshold, without recompiling.
+- gan: G loss = w * sync + disc_wt * perceptual + (1 - w - disc_wt) * L1, perceptual = BCE(D(G(x)), 1);
+  then, in the same step, the discriminator: BCE(D(y), 1) + BCE(D(stop_gradient(G(x))), 0), own Adam.
+
+Batches (lipsync_jax.input_pipeline): images uint8 BGR, turned into float x/255 inside the step (float
+images are taken as already scaled to [0, 1]). expert: faces (B, S/2, S, 15), mel (B, 80, 16, 1),
+label (B, 1). generator/gan (time-major): inputs (B, 5, S, S, 6), gt (B, 5, S, S, 3),
+indiv_mels (B, 5, 80, 16, 1), mel (B, 80, 16, 1).
+
+Precision: params and optimizer states float32; models compute in config.model.compute_dtype; every loss
+is computed in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from lipsync_jax import losses
+from lipsync_jax import windows
+
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# config.loss.expert_bn -> the `train` flag of the frozen expert's forward pass.
+EXPERT_BN_MODES = {'batch': True, 'running': False}
+Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSettings:
+  """What a step needs from the config, as hashable static data (part of the TrainState's tree definition).
+
+  Run-time values that change during training (the sync weight) are NOT here: they are traced arrays in
+  the state, so changing them never recompiles.
+  """
+  stage: str
+  img_size: int
+  width_multiplier: float
+  compute_dtype: str
+  expert_width_multiplier: float | None  # None: the generator's width (or inferred from the variables)
+  lr: float
+  b1: float
+  b2: float
+  disc_lr: float
+  disc_b1: float
+  disc_b2: float
+  grad_clip: float
+  disc_wt: float
+  expert_bn: str
+  transpose_impl: str = 'auto'  # Wav2Lip's stride-2 transposed convs: 'direct' | 'phase' | 'auto' (by backend)
+
+  @classmethod
+  def from_config(cls, config, stage: str) -> StageSettings:
+    model, opt, loss = config.model, config.optimizer, config.loss
+    compute_dtype = str(model.compute_dtype)
+    if compute_dtype not in COMPUTE_DTYPES:
+      raise ValueError(f'config.model.compute_dtype={compute_dtype!r} is not supported; '
+                       f'use one of {sorted(COMPUTE_DTYPES)}.')
+    expert_bn = str(loss.get('expert_bn', 'batch'))
+    if expert_bn not in EXPERT_BN_MODES:
+      raise ValueError(f'config.loss.expert_bn={expert_bn!r} is not supported; '
+                       f'use one of {sorted(EXPERT_BN_MODES)}.')
+    img_size = int(config.data.img_size)
+    if img_size % 2:
+      raise ValueError(f'config.data.img_size={img_size} must be even (the expert sees the lower half).')
+    expert_width = model.get('expert_width_multiplier', None)
+    return cls(
+        stage=stage, img_size=img_size, width_multiplier=float(model.width_multiplier),
+        compute_dtype=compute_dtype,
+        expert_width_multiplier=None if expert_width in (None, 0) else float(expert_width),
+        lr=float(opt.lr), b1=float(opt.b1), b2=float(opt.b2),
+        disc_lr=float(opt.get('disc_lr', opt.lr)), disc_b1=float(opt.get('disc_b1', 0.5)),
+        disc_b2=float(opt.get('disc_b2', 0.999)), grad_clip=float(opt.get('grad_clip', 0.0)),
+        disc_wt=float(loss.get('disc_wt', 0.0)), expert_bn=expert_bn,
+        transpose_impl=str(model.get('transpose_impl', 'auto')))
+
+  @property
+  def dtype(self):
+    return COMPUTE_DTYPES[self.compute_dtype]
+
+
+class TrainState(struct.PyTreeNode):
+  """Everything a stage's train step reads and writes. `settings` is static (tree definition)."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  sync_wt: jax.Array  # float32 scalar, traced: the sync-loss weight w
+  rng: jax.Array
+  disc_params: Any = None
+  disc_opt_state: Any = None
+  settings: StageSettings | None = struct.field(pytree_node=False, default=None)
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    """The trained model's flax variables ({'params', 'batch_stats'})."""
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Models and optimisers (built from the static settings; cheap Python objects, rebuilt at trace time)
+# ------------------------------------------------------------------------------------------------------
+
+def _models():
+  from lipsync_jax import models  # imported late: the models package is heavy and optional for configs
+  return models
+
+
+def generator_model(settings: StageSettings) -> nn.Module:
+  return _models().Wav2Lip(width_multiplier=settings.width_multiplier, compute_dtype=settings.dtype,
+                           transpose_impl=settings.transpose_impl)
+
+
+def expert_model(settings: StageSettings, width: float | None = None) -> nn.Module:
+  width = settings.width_multiplier if width is None else width
+  return _models().SyncNet(width_multiplier=width, compute_dtype=settings.dtype)
+
+
+def disc_model(settings: StageSettings) -> nn.Module:
+  return _models().QualityDisc(width_multiplier=settings.width_multiplier, compute_dtype=settings.dtype)
+
+
+def _adam(lr: float, b1: float, b2: float, grad_clip: float) -> optax.GradientTransformation:
+  adam = optax.adam(lr, b1=b1, b2=b2)
+  return optax.chain(optax.clip_by_global_norm(grad_clip), adam) if grad_clip > 0 else adam
+
+
+def optimizer(settings: StageSettings) -> optax.GradientTransformation:
+  return _adam(settings.lr, settings.b1, settings.b2, settings.grad_clip)
+
+
+def disc_optimizer(settings: StageSettings) -> optax.GradientTransformation:
+  return _adam(settings.disc_lr, settings.disc_b1, settings.disc_b2, settings.grad_clip)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Shared helpers
+# ------------------------------------------------------------------------------------------------------
+
+def to_float_image(images: jax.Array) -> jax.Array:
+  """uint8 0..255 -> float32 x/255; float images are taken as already in [0, 1]."""
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)
+
+
+def _f32(x) -> jax.Array:
+  return jnp.asarray(x, jnp.float32)
+
+
+def _shape_signature(tree) -> tuple:
+  """((key path, shape), ...) of a variables tree: compares dicts and FrozenDicts, arrays and shapes."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return tuple(sorted((jax.tree_util.keystr(path), tuple(np.shape(leaf))) for path, leaf in leaves))
+
+
+def _expert_width(settings: StageSettings, expert_signature: tuple) -> float:
+  """The frozen expert's width: from the config if set, else the SyncNet width whose variables match."""
+  if settings.expert_width_multiplier is not None:
+    return settings.expert_width_multiplier
+  for width in (settings.width_multiplier, 1.0, 1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32, 1 / 64):
+    candidate = expert_model(settings, width)
+    shapes = jax.eval_shape(candidate.init, jax.random.key(0), *_dummy_expert_inputs(settings))
+    if _shape_signature(shapes) == expert_signature:
+      return width
+  raise ValueError('The frozen expert variables match no SyncNet width multiplier in 1 .. 1/64 at '
+                   f'img_size {settings.img_size}; set config.model.expert_width_multiplier.')
+
+
+_EXPERT_WIDTH_CACHE: dict[tuple[StageSettings, tuple], float] = {}
+
+
+def _expert_for(settings: StageSettings, expert_variables) -> nn.Module:
+  """The SyncNet module matching the frozen expert's variables (width looked up once per shape set)."""
+  key = (settings, _shape_signature(expert_variables))
+  if key not in _EXPERT_WIDTH_CACHE:
+    _EXPERT_WIDTH_CACHE[key] = _expert_width(settings, key[1])
+  return expert_model(settings, _EXPERT_WIDTH_CACHE[key])
+
+
+def sync_loss(settings: StageSettings, expert_variables, mel: jax.Array, generated: jax.Array) -> jax.Array:
+  """BCE(expert(mel, lower halves of the T generated frames stacked on channels), 1).
+
+  generated: (B, T, S, S, 3) in [0, 1]; mel (B, 80, 16, 1). The expert's variables are frozen
+  (stop_gradient); gradients flow through the expert's computation into `generated`.
+  """
+  if expert_variables is None:
+    raise ValueError(f'Stage {settings.stage!r} needs the frozen expert\'s variables; got None '
+                     '(set config.expert_checkpoint).')
+  expert = _expert_for(settings, expert_variables)
+  frozen = jax.lax.stop_gradient(expert_variables)
+  faces = windows.stack_on_channels(windows.lower_half(generated))
+  if EXPERT_BN_MODES[settings.expert_bn]:
+    (audio_emb, face_emb), _ = expert.apply(frozen, mel, faces, train=True, mutable=['batch_stats'])
+  else:
+    audio_emb, face_emb = expert.apply(frozen, mel, faces, train=False)
+  return losses.cosine_bce(audio_emb, face_emb, 1.0)
+
+
+def _disc_logits(settings: StageSettings, disc_params, faces: jax.Array) -> jax.Array:
+  """Quality-discriminator logits of (N, S, S, 3) faces, float32."""
+  logits = disc_model(settings).apply({'params': disc_params}, faces, train=False, return_logits=True)
+  return logits.astype(jnp.float32)
+
+
+def _fold_time(x: jax.Array) -> jax.Array:
+  return x.reshape((-1,) + x.shape[2:])
+
+
+def _check_batch(batch, keys: tuple[str, ...], stage: str) -> None:
+  missing = [k for k in keys if k not in batch]
+  if missing:
+    raise KeyError(f'Stage {stage!r} batch is missing {missing}; it has {sorted(batch)} '
+                   f'(make the input pipeline in the stage\'s data_mode).')
+
+
+def _new_state(settings: StageSettings, variables, rng, sync_wt: float, disc_params=None) -> TrainState:
+  params = variables['params']
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get('batch_stats', {}),
+      opt_state=optimizer(settings).init(params), sync_wt=_f32(sync_wt), rng=rng,
+      disc_params=disc_params,
+      disc_opt_state=None if disc_params is None else disc_optimizer(settings).init(disc_params),
+      settings=settings)
+
+
+def _dummy_expert_inputs(settings: StageSettings):
+  s = settings.img_size
+  return (jnp.zeros((1, windows.NUM_MELS, windows.MEL_STEPS, 1), jnp.float32),
+          jnp.zeros((1, s // 2, s, 3 * windows.SYNC_T), jnp.float32))
+
+
+def _dummy_generator_inputs(settings: StageSettings):
+  s = settings.img_size
+  return (jnp.zeros((1, windows.NUM_MELS, windows.MEL_STEPS, 1), jnp.float32),
+          jnp.zeros((1, s, s, 6), jnp.float32))
+
+
+def _bgr_to_rgb(images: jax.Array) -> jax.Array:
+  return images[..., ::-1]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Expert stage
+# ------------------------------------------------------------------------------------------------------
+
+def expert_init(config, rng: jax.Array) -> TrainState:
+  settings = StageSettings.from_config(config, 'expert')
+  init_rng, state_rng = jax.random.split(rng)
+  variables = expert_model(settings).init(init_rng, *_dummy_expert_inputs(settings), train=False)
+  return _new_state(settings, variables, state_rng, sync_wt=0.0)
+
+
+def _expert_inputs(batch):
+  _check_batch(batch, ('faces', 'mel', 'label'), 'expert')
+  return _f32(batch['mel']), to_float_image(batch['faces']), _f32(batch['label'])
+
+
+def expert_train_step(state: TrainState, batch, expert_variables=None) -> tuple[TrainState, Metrics]:
+  del expert_variables  # the expert stage trains the expert itself
+  settings = state.settings
+  model = expert_model(settings)
+  mel, faces, label = _expert_inputs(batch)
+
+  def loss_fn(params):
+    (audio_emb, face_emb), updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, mel, faces, train=True,
+        mutable=['batch_stats'])
+    loss = losses.cosine_bce(audio_emb, face_emb, label)
+    cos = losses.cosine_similarity(audio_emb, face_emb)
+    return loss, (updates['batch_stats'], losses.sync_accuracy(cos, label))
+
+  (loss, (batch_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer(settings).update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            batch_stats=batch_stats, opt_state=opt_state)
+  return new_state, {'loss': loss, 'acc': acc, 'grad_norm': optax.tree.norm(grads)}
+
+
+def expert_eval_step(state: TrainState, batch, expert_variables=None) -> Metrics:
+  del expert_variables
+  mel, faces, label = _expert_inputs(batch)
+  audio_emb, face_emb = expert_model(state.settings).apply(state.variables, mel, faces, train=False)
+  cos = losses.cosine_similarity(audio_emb, face_emb)
+  return {'loss': losses.cosine_bce(audio_emb, face_emb, label), 'acc': losses.sync_accuracy(cos, label)}
+
+
+def expert_sample_grid(state: TrainState, batch, expert_variables=None) -> jax.Array:
+  """(B, S/2, 5*S, 3) RGB strip of the 5 lower-half frames the expert sees."""
+  del state, expert_variables
+  faces = to_float_image(jnp.asarray(batch['faces']))  # (B, S/2, S, 15)
+  b, h, w, c = faces.shape
+  frames = faces.reshape(b, h, w, c // 3, 3).transpose(0, 1, 3, 2, 4).reshape(b, h, (c // 3) * w, 3)
+  return _bgr_to_rgb(frames)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Generator and GAN stages
+# ------------------------------------------------------------------------------------------------------
+
+def _generator_inputs(batch, stage: str):
+  _check_batch(batch, ('inputs', 'gt', 'indiv_mels', 'mel'), stage)
+  return (to_float_image(batch['inputs']), to_float_image(batch['gt']), _f32(batch['indiv_mels']),
+          _f32(batch['mel']))
+
+
+def _generate(settings: StageSettings, variables, batch, stage: str, train: bool):
+  """Runs G on the (B, 5, ...) window; returns (generated (B, 5, S, S, 3) float32, new batch_stats)."""
+  inputs, gt, indiv_mels, mel = _generator_inputs(batch, stage)
+  model = generator_model(settings)
+  if train:
+    generated, updates = model.apply(variables, indiv_mels, inputs, train=True, mutable=['batch_stats'])
+    new_stats = updates['batch_stats']
+  else:
+    generated, new_stats = model.apply(variables, indiv_mels, inputs, train=False), None
+  return generated.astype(jnp.float32), new_stats, gt, mel
+
+
+def generator_losses(settings: StageSettings, params, batch_stats, batch, expert_variables, sync_wt,
+                     disc_params=None, train: bool = True):
+  """Weighted generator loss and its parts (also the function the tests differentiate).
+
+  Returns (loss, (parts dict, new batch_stats, generated (B, 5, S, S, 3))).
+  """
+  stage = settings.stage
+  generated, new_stats, gt, mel = _generate(
+      settings, {'params': params, 'batch_stats': batch_stats}, batch, stage, train)
+  w = _f32(sync_wt)
+  parts = {'l1': losses.l1(generated, gt), 'sync': sync_loss(settings, expert_variables, mel, generated)}
+  if disc_params is not None:
+    disc_wt = _f32(settings.disc_wt)
+    fake_logits = _disc_logits(settings, jax.lax.stop_gradient(disc_params), _fold_time(generated))
+    parts['perceptual'] = losses.bce_with_logits(fake_logits, 1.0)
+    loss = w * parts['sync'] + disc_wt * parts['perceptual'] + (1.0 - w - disc_wt) * parts['l1']
+  else:
+    loss = w * parts['sync'] + (1.0 - w) * parts['l1']
+  return loss, (parts, new_stats, generated)
+
+
+def _generator_update(state: TrainState, batch, expert_variables, with_disc: bool):
+  settings = state.settings
+  grad_fn = jax.value_and_grad(generator_losses, argnums=1, has_aux=True)
+  (loss, (parts, batch_stats, generated)), grads = grad_fn(
+      settings, state.params, state.batch_stats, batch, expert_variables, state.sync_wt,
+      state.disc_params if with_disc else None, True)
+  updates, opt_state = optimizer(settings).update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            batch_stats=batch_stats, opt_state=opt_state)
+  metrics = {'loss': loss, **parts, 'grad_norm': optax.tree.norm(grads), 'sync_wt': state.sync_wt}
+  return new_state, metrics, generated
+
+
+def generator_train_step(state: TrainState, batch, expert_variables) -> tuple[TrainState, Metrics]:
+  new_state, metrics, _ = _generator_update(state, batch, expert_variables, with_disc=False)
+  return new_state, metrics
+
+
+def _disc_losses(settings: StageSettings, disc_params, real: jax.Array, fake: jax.Array):
+  real_logits = _disc_logits(settings, disc_params, _fold_time(real))
+  fake_logits = _disc_logits(settings, disc_params, _fold_time(jax.lax.stop_gradient(fake)))
+  disc_real = losses.bce_with_logits(real_logits, 1.0)
+  disc_fake = losses.bce_with_logits(fake_logits, 0.0)
+  return disc_real + disc_fake, {'disc_real': disc_real, 'disc_fake': disc_fake}
+
+
+def gan_train_step(state: TrainState, batch, expert_variables) -> tuple[TrainState, Metrics]:
+  """G step (L1 + sync + perceptual), then the D step on real vs the same (detached) generated frames."""
+  settings = state.settings
+  state, metrics, generated = _generator_update(state, batch, expert_variables, with_disc=True)
+  real = to_float_image(batch['gt'])
+  (disc_loss, disc_parts), disc_grads = jax.value_and_grad(_disc_losses, argnums=1, has_aux=True)(
+      settings, state.disc_params, real, generated)
+  updates, disc_opt_state = disc_optimizer(settings).update(disc_grads, state.disc_opt_state,
+                                                            state.disc_params)
+  state = state.replace(disc_params=optax.apply_updates(state.disc_params, updates),
+                        disc_opt_state=disc_opt_state)
+  metrics.update(disc_parts, disc_loss=disc_loss, disc_grad_norm=optax.tree.norm(disc_grads))
+  return state, metrics
+
+
+def generator_eval_step(state: TrainState, batch, expert_variables) -> Metrics:
+  with_disc = state.disc_params is not None
+  loss, (parts, _, generated) = generator_losses(
+      state.settings, state.params, state.batch_stats, batch, expert_variables, state.sync_wt,
+      state.disc_params if with_disc else None, train=False)
+  metrics = {'loss': loss, **parts}
+  if with_disc:
+    _, disc_parts = _disc_losses(state.settings, state.disc_params, to_float_image(batch['gt']), generated)
+    metrics.update(disc_parts)
+  return metrics
+
+
+def generator_sample_grid(state: TrainState, batch, expert_variables=None) -> jax.Array:
+  """(B, S, 4*S, 3) RGB in [0, 1]: reference | masked input | generated | ground truth (middle frame)."""
+  del expert_variables
+  generated, _, gt, _ = _generate(state.settings, state.variables, batch, state.settings.stage, False)
+  inputs = to_float_image(jnp.asarray(batch['inputs']))
+  mid = inputs.shape[1] // 2
+  row = jnp.concatenate([inputs[:, mid, ..., 3:6], inputs[:, mid, ..., 0:3], generated[:, mid],
+                         gt[:, mid]], axis=2)
+  return jnp.clip(_bgr_to_rgb(row), 0.0, 1.0)
+
+
+def generator_init(config, rng: jax.Array) -> TrainState:
+  settings = StageSettings.from_config(config, 'generator')
+  init_rng, state_rng = jax.random.split(rng)
+  variables = generator_model(settings).init(init_rng, *_dummy_generator_inputs(settings), train=False)
+  return _new_state(settings, variables, state_rng, sync_wt=float(config.loss.syncnet_wt_initial))
+
+
+def gan_init(config, rng: jax.Array) -> TrainState:
+  settings = StageSettings.from_config(config, 'gan')
+  g_rng, d_rng, state_rng = jax.random.split(rng, 3)
+  variables = generator_model(settings).init(g_rng, *_dummy_generator_inputs(settings), train=False)
+  s = settings.img_size
+  disc_vars = disc_model(settings).init(d_rng, jnp.zeros((1, s, s, 3), jnp.float32), train=False)
+  return _new_state(settings, variables, state_rng, sync_wt=float(config.loss.syncnet_wt_initial),
+                    disc_params=disc_vars['params'])
+
+
+# ------------------------------------------------------------------------------------------------------
+# Host-side schedule
+# ------------------------------------------------------------------------------------------------------
+
+def schedule_update(state: TrainState, eval_metrics, config) -> TrainState:
+  """Sync-weight trigger: once the eval sync loss is below the threshold, w becomes the target (and stays).
+
+  Only the traced `sync_wt` value changes (same shape, dtype and sharding), so nothing recompiles.
+  """
+  if 'sync' not in eval_metrics:
+    return state
+  target = float(config.loss.syncnet_wt_target)
+  eval_sync = float(np.asarray(eval_metrics['sync']))
+  current = float(np.asarray(jax.device_get(state.sync_wt)))
+  if eval_sync < float(config.loss.sync_trigger_threshold) and current != target:
+    value = np.float32(target)
+    sharding = getattr(state.sync_wt, 'sharding', None)
+    new_wt = jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value)
+    return state.replace(sync_wt=new_wt)
+  return state
+
+
+def sync_triggered(state: TrainState, config) -> bool:
+  """Whether the sync weight has reached its target (for logging)."""
+  return float(np.asarray(jax.device_get(state.sync_wt))) == float(config.loss.syncnet_wt_target)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Registry
+# ------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One training stage: pure functions the train loop jits (see the module docstring)."""
+  name: str
+  data_mode: str  # input_pipeline mode: 'expert' | 'generator'
+  needs_expert: bool
+  init: Callable[[Any, jax.Array], TrainState]
+  train_step: Callable[[TrainState, Any, Any], tuple[TrainState, Metrics]]
+  eval_step: Callable[[TrainState, Any, Any], Metrics]
+  sample_grid: Callable[[TrainState, Any, Any], jax.Array]
+  schedule_update: Callable[[TrainState, Any, Any], TrainState] = schedule_update
+
+
+STAGES: dict[str, Stage] = {
+    'expert': Stage('expert', 'expert', False, expert_init, expert_train_step, expert_eval_step,
+                    expert_sample_grid, schedule_update=lambda state, eval_metrics, config: state),
+    'generator': Stage('generator', 'generator', True, generator_init, generator_train_step,
+                       generator_eval_step, generator_sample_grid),
+    'gan': Stage('gan', 'generator', True, gan_init, gan_train_step, generator_eval_step,
+                 generator_sample_grid),
+}
+
+
+def get_stage(name: str) -> Stage:
+  if name not in STAGES:
+    raise ValueError(f'Unknown training stage {name!r}; choose one of {sorted(STAGES)} (config.stage).')
+  return STAGES[name]

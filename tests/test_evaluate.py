@@ -1,0 +1,236 @@
+"""Tests for lipsync_jax.evaluate: offset math vs NumPy, SyncNet v2 parity with PyTorch, CLIs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lipsync_jax import evaluate
+
+
+def _reference_pdist(feat1, feat2, vshift):
+  """Loop-per-window NumPy transcription of syncnet_python calc_pdist + evaluate()."""
+  win = 2 * vshift + 1
+  feat2p = np.concatenate([np.zeros((vshift, feat2.shape[1])), feat2, np.zeros((vshift, feat2.shape[1]))])
+  dists = []
+  for i in range(len(feat1)):
+    diff = np.repeat(feat1[[i]], win, axis=0) - feat2p[i:i + win] + 1e-6
+    dists.append(np.sqrt((diff ** 2).sum(axis=1)))
+  mdist = np.mean(np.stack(dists, 1), 1)
+  minidx = int(np.argmin(mdist))
+  return np.stack(dists), vshift - minidx, float(np.median(mdist) - mdist[minidx]), float(mdist[minidx])
+
+
+def test_offset_math_matches_numpy_reference():
+  rng = np.random.default_rng(0)
+  video, audio = rng.normal(size=(40, 16)), rng.normal(size=(40, 16))
+  dists = evaluate.offset_distances(video, audio, 15)
+  ref_dists, offset, conf, min_dist = _reference_pdist(video, audio, 15)
+  np.testing.assert_allclose(dists, ref_dists, rtol=1e-12)
+  summary = evaluate.summarize_offsets(dists, 15)
+  assert summary["offset"] == offset
+  assert summary["confidence"] == pytest.approx(conf)
+  assert summary["min_dist"] == pytest.approx(min_dist)
+
+
+@pytest.mark.parametrize("k", [-7, -2, 0, 3, 11])
+def test_constructed_features_shifted_by_k_give_offset_k(k):
+  rng = np.random.default_rng(1)
+  base = rng.normal(size=(80, 32))
+  video = base[20:60]
+  audio = base[20 + k:60 + k]  # audio feature v = video feature v + k: the audio leads by k frames
+  summary = evaluate.summarize_offsets(evaluate.offset_distances(video, audio, 15), 15)
+  # The convention: video v best matches audio v - offset (positive offset: the audio leads).
+  assert summary["offset"] == k
+  assert summary["confidence"] > 1.0
+
+
+@pytest.mark.parametrize("k", [-4, 0, 5])
+def test_expert_sync_offset_on_shifted_embeddings(k):
+  rng = np.random.default_rng(2)
+  base = rng.normal(size=(70, 24))
+  base = np.abs(base) / np.linalg.norm(base, axis=1, keepdims=True)  # post-ReLU, L2-normalised like SyncNet
+  face = base[15:55]
+  audio = base[15 + k:55 + k]  # the audio track advanced by k windows relative to the mouth
+  result = evaluate.sync_from_embeddings(face, audio)
+  assert result["offset"] == k
+  assert result["confidence"] > 0.05
+  assert len(result["sync_prob"]) == 40
+  if k == 0:
+    np.testing.assert_allclose(result["sync_prob"], 1.0, atol=1e-9)
+  else:
+    assert result["mean_sync_prob"] < 0.95
+
+
+def test_num_lse_windows():
+  assert evaluate.num_lse_windows(100, 100 * 640) == 95
+  assert evaluate.num_lse_windows(100, 50 * 640 + 639) == 45
+  assert evaluate.num_lse_windows(4, 10000) == 0
+
+
+def test_mfcc_features_is_python_speech_features():
+  import python_speech_features
+  rng = np.random.default_rng(3)
+  wav = (rng.normal(size=16000) * 0.1).astype(np.float32)
+  got = evaluate.mfcc_features(wav)
+  want = python_speech_features.mfcc(np.round(wav.astype(np.float64) * 32768), 16000).T
+  assert got.shape == (13, 99)
+  np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+def _tiny_syncnet_file(tmp_path, width=0.0625, seed=0):
+  import torch
+  from syncnet_v2_reference import SyncNetV2Torch, randomize_batch_norm
+  torch.manual_seed(seed)
+  model = randomize_batch_norm(SyncNetV2Torch(width=width), seed).eval()
+  path = os.path.join(tmp_path, "syncnet_v2.model")
+  torch.save(model.state_dict(), path)
+  return model, path
+
+
+def test_syncnet_v2_parity_with_torch(tmp_path):
+  import jax.numpy as jnp
+  import torch
+  from lipsync_jax.models.syncnet_v2 import SyncNetV2
+  model, path = _tiny_syncnet_file(tmp_path)
+  variables, width = evaluate.load_syncnet_v2(path)
+  assert width == pytest.approx(0.0625)
+  rng = np.random.default_rng(4)
+  mfcc = rng.normal(size=(2, 13, 20, 1)).astype(np.float32) * 5
+  lips = rng.uniform(0, 255, size=(2, 5, 224, 224, 3)).astype(np.float32)
+  with torch.no_grad():
+    want_a = model.forward_aud(torch.from_numpy(mfcc).permute(0, 3, 1, 2)).numpy()
+    want_v = model.forward_lip(torch.from_numpy(lips).permute(0, 4, 1, 2, 3)).numpy()
+  got_a, got_v = SyncNetV2(width_multiplier=width).apply(variables, mfcc=jnp.asarray(mfcc),
+                                                        lips=jnp.asarray(lips))
+  assert got_a.shape == (2, 1024) and got_v.shape == (2, 1024)
+  scale_a, scale_v = np.abs(want_a).max(), np.abs(want_v).max()
+  np.testing.assert_allclose(np.asarray(got_a) / scale_a, want_a / scale_a, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(got_v) / scale_v, want_v / scale_v, atol=1e-4)
+
+
+def test_syncnet_v2_full_size_key_names_match():
+  """The full-width reference's state dict converts without missing/extra keys and gets the right shapes."""
+  from syncnet_v2_reference import SyncNetV2Torch
+  state = {k: v.numpy() for k, v in SyncNetV2Torch().state_dict().items()}
+  variables = evaluate.syncnet_v2_variables_from_state_dict(state)
+  assert variables["params"]["netcnnlip_0"]["kernel"].shape == (5, 7, 7, 3, 96)
+  assert variables["params"]["netcnnaud_18"]["kernel"].shape == (5, 4, 256, 512)
+  assert variables["params"]["netfclip_3"]["kernel"].shape == (512, 1024)
+  del state["netcnnlip.19.running_var"]
+  with pytest.raises(evaluate.EvaluationError, match="netcnnlip.19.running_var"):
+    evaluate.syncnet_v2_variables_from_state_dict(state)
+
+
+def _write_clip(path, frames, wav, fps=25):
+  from lipsync_jax import video
+  h, w = frames[0].shape[:2]
+  with video.VideoWriter(path, fps, w, h) as writer:
+    for f in frames:
+      writer.write(f)
+    writer.close(audio=wav)
+
+
+def _talking_clip(num_frames=20, size=(120, 160), seed=0):
+  rng = np.random.default_rng(seed)
+  frames = []
+  for i in range(num_frames):
+    f = np.full(size + (3,), 90, np.uint8)
+    f[30:100, 50:110] = 170
+    f[75:75 + 3 + (i % 4) * 4, 65:95] = 30
+    frames.append(f)
+  wav = (np.sin(np.arange(num_frames * 640) * 0.05) * 0.3 + rng.normal(size=num_frames * 640) * 0.01)
+  return frames, wav.astype(np.float32)
+
+
+def test_lse_cli_on_tiny_video(tmp_path):
+  _, syncnet_path = _tiny_syncnet_file(tmp_path)
+  frames, wav = _talking_clip()
+  clip = os.path.join(tmp_path, "clip.mp4")
+  _write_clip(clip, frames, wav)
+  out_json = os.path.join(tmp_path, "lse.json")
+  rc = evaluate.main(["lse", "--videos", str(tmp_path), "--syncnet", syncnet_path, "--json", out_json,
+                      "--batch_size", "8"])
+  assert rc == 0
+  result = json.load(open(out_json))
+  assert len(result["videos"]) == 1 and not result["failed"]
+  row = result["videos"][0]
+  assert row["windows"] == 15
+  assert np.isfinite(row["lse_d"]) and row["lse_c"] >= 0 and -15 <= row["offset"] <= 15
+  assert result["mean"]["lse_d"] == pytest.approx(row["lse_d"])
+
+
+def test_cli_error_lines(tmp_path, capsys):
+  assert evaluate.main(["lse", "--videos", os.path.join(tmp_path, "nope.mp4"), "--syncnet",
+                        os.path.join(tmp_path, "missing.model")]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "missing.model" in err[0] and err[0].startswith("error:")
+  bad = os.path.join(tmp_path, "bad.model")
+  open(bad, "wb").write(b"not a torch file")
+  assert evaluate.main(["lse", "--videos", str(tmp_path), "--syncnet", bad]) == 1
+  assert "bad.model" in capsys.readouterr().err
+  assert evaluate.main(["recon", "--generated", "a.mp4", "--reference", "b.mp4"]) == 1
+  assert "a.mp4" in capsys.readouterr().err
+
+
+def test_mouth_psnr_ssim():
+  rng = np.random.default_rng(5)
+  ref = [rng.integers(0, 255, (60, 80, 3), dtype=np.uint8) for _ in range(3)]
+  box = (10, 10, 70, 50)
+  same = evaluate.mouth_psnr_ssim(ref, ref, [box] * 3)
+  assert same["psnr"] == float("inf") and same["ssim"] == pytest.approx(1.0)
+  noisy = [np.clip(r.astype(int) + rng.integers(-20, 20, r.shape), 0, 255).astype(np.uint8) for r in ref]
+  worse = evaluate.mouth_psnr_ssim(noisy, ref, [box] * 3)
+  assert 15 < worse["psnr"] < 40 and worse["ssim"] < 0.999
+  # Damage outside the mouth region (upper half of the box) does not count.
+  upper = [r.copy() for r in ref]
+  for u in upper:
+    u[10:30] = 0
+  assert evaluate.mouth_psnr_ssim(upper, ref, [box] * 3)["psnr"] == float("inf")
+
+
+def test_recon_cli(tmp_path):
+  frames, wav = _talking_clip(num_frames=8)
+  a, b = os.path.join(tmp_path, "a.mp4"), os.path.join(tmp_path, "b.mp4")
+  _write_clip(a, frames, wav)
+  _write_clip(b, [np.clip(f.astype(int) + 25, 0, 255).astype(np.uint8) for f in frames], wav)
+  out = os.path.join(tmp_path, "r.json")
+  assert evaluate.main(["recon", "--generated", a, "--reference", b, "--box", "30", "100", "50", "110",
+                        "--json", out]) == 0
+  result = json.load(open(out))
+  assert result["frames"] == 8 and 10 < result["psnr"] < 30
+
+
+def test_sync_cli_with_tiny_expert_and_plot(tmp_path, capsys):
+  import jax
+  from lipsync_jax import convert
+  from lipsync_jax.models import SyncNet, example_inputs
+  variables = SyncNet(width_multiplier=0.0625).init(jax.random.key(0), *example_inputs("syncnet", 1, 96))
+  expert_dir = convert.save_variables(os.path.join(tmp_path, "expert"), jax.tree.map(np.asarray, variables),
+                                      "syncnet")
+  frames, wav = _talking_clip(num_frames=24)
+  clip = os.path.join(tmp_path, "clip.mp4")
+  _write_clip(clip, frames, wav)
+  png, out = os.path.join(tmp_path, "sync.png"), os.path.join(tmp_path, "sync.json")
+  rc = evaluate.main(["sync", "--video", clip, "--expert", expert_dir, "--box", "30", "100", "50", "110",
+                      "--plot", png, "--json", out])
+  assert rc == 0, capsys.readouterr().err
+  result = json.load(open(out))
+  assert result["windows"] == 20 and len(result["sync_prob"]) == 20
+  assert all(0.0 <= p <= 1.0 + 1e-6 for p in result["sync_prob"])
+  assert -15 <= result["offset"] <= 15 and len(result["sync_per_offset"]) == 31
+  assert os.path.getsize(png) > 1000
+  assert "AV offset" in capsys.readouterr().out
+
+
+def test_syncnet_face_crop_geometry():
+  frame = np.zeros((400, 400, 3), np.uint8)
+  frame[100:240, 80:220] = 255  # exactly the crop region of box (100, 100, 200, 200) at crop_scale 0.4
+  crop = evaluate.syncnet_face_crop(frame, (100, 100, 200, 200))
+  assert crop.shape == (224, 224, 3) and crop.min() == 255
+  # Near the border the frame is padded with 110 grey.
+  edge = evaluate.syncnet_face_crop(np.zeros((120, 120, 3), np.uint8), (0, 0, 60, 60))
+  assert edge[0, 0, 0] == 110 and edge[200, 200, 0] == 0

@@ -1,0 +1,208 @@
+"""Tests for data_pipelines.preprocess: the Beam pipeline end to end on tiny videos made here.
+
+Videos are written with lipsync_jax.video: every pixel of frame i has the value 20 + 4 i (before H.264),
+so the decoded face crops prove frame order and the 30 -> 25 fps resampling; the 'fixed' detector keeps
+boxes known.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import grain
+import numpy as np
+import pytest
+
+from data_pipelines import preprocess
+from lipsync_jax import face_detection
+from lipsync_jax import records
+from lipsync_jax import video
+
+BOX = (40, 20, 120, 100)  # x1, y1, x2, y2 in the 160x120 source frames
+PADDED_BOX = (40, 20, 120, 110)  # default pads (0, 10, 0, 0)
+FIXED = dict(detector="fixed", detector_kwargs={"box": BOX})
+FAST = dict(direct_num_workers=1, direct_running_mode="in_memory")
+
+
+def _fixed_config():
+  return dict(detector="fixed", detector_kwargs=(("box", BOX),))
+
+
+def _frame_value(i: int) -> int:
+  return 20 + 4 * i
+
+
+def _write_clip(path, num_frames=40, fps=25, audio="tone"):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with video.VideoWriter(path, fps, 160, 120) as writer:
+    for i in range(num_frames):
+      writer.write(np.full((120, 160, 3), _frame_value(i), np.uint8))
+    t = np.arange(int(16000 * num_frames / fps)) / 16000
+    wav = {"tone": 0.3 * np.sin(2 * np.pi * 220 * t), "silent": 0 * t, None: None}[audio]
+    writer.close(audio=None if wav is None else wav.astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("videos"))
+  _write_clip(f"{root}/spk1/a.mp4", 40)
+  _write_clip(f"{root}/spk1/b.mp4", 36, fps=30)  # 1.2 s -> 30 frames at 25 fps
+  _write_clip(f"{root}/spk3/c.mp4", 20)
+  _write_clip(f"{root}/spk2/short.mp4", 10)
+  _write_clip(f"{root}/spk2/noaudio.mp4", 30, audio=None)
+  _write_clip(f"{root}/spk2/silent.mp4", 30, audio="silent")
+  with open(f"{root}/spk2/garbage.mp4", "wb") as f:
+    f.write(b"this is not a video " * 20)
+  return root
+
+
+def _read_split(out_dir, split):
+  paths = sorted(glob.glob(os.path.join(out_dir, f"{split}-*.tfrecord")))
+  clips = {}
+  for path in paths:
+    for raw in grain.experimental.TFRecordIterDataset(path):  # a standard TFRecord reader
+      clip = records.parse_example(raw)
+      clips[clip.clip_id] = clip
+  return paths, clips
+
+
+def _check_tfrecord_crcs(path):
+  """Every record's length and data CRC verify (Beam's reader raises on a mismatch); returns the count."""
+  from apache_beam.io.tfrecordio import _TFRecordUtil, _default_crc32c_fn
+  assert _default_crc32c_fn(b"123456789") == 0xE3069283  # the CRC-32C check value: the right polynomial
+  count = 0
+  with open(path, "rb") as f:
+    while _TFRecordUtil.read_record(f) is not None:
+      count += 1
+  return count
+
+
+def test_glob_end_to_end_with_bad_inputs(corpus, tmp_path):
+  out = str(tmp_path / "shards")
+  info = preprocess.run(out, input_glob=f"{corpus}/spk[12]/*.mp4", img_size=64, num_shards=2, **FIXED, **FAST)
+
+  assert {r["clip_id"]: r["reason"] for r in info["skipped"]} == {
+      "spk2/garbage": "unreadable", "spk2/noaudio": "no_audio", "spk2/short": "too_few_frames",
+      "spk2/silent": "audio_silent"}
+  assert info["splits"]["train"]["num_clips"] == 2 and info["num_skipped"] == 4
+  assert info["img_size"] == 64 and info["audio"]["hop_size"] == 200
+  assert info["last_run"]["counters"] == {"clips_written": 2, "frames_written": 70, "skipped_audio_silent": 1,
+                                          "skipped_no_audio": 1, "skipped_too_few_frames": 1,
+                                          "skipped_unreadable": 1}
+  on_disk = json.load(open(os.path.join(out, "dataset_info.json")))
+  assert on_disk["skipped_by_reason"] == {"audio_silent": 1, "no_audio": 1, "too_few_frames": 1,
+                                          "unreadable": 1}
+  paths, clips = _read_split(out, "train")
+  assert [os.path.basename(p) for p in paths] == ["train-00000-of-00002.tfrecord",
+                                                   "train-00001-of-00002.tfrecord"]
+  assert sorted(os.listdir(out)) == sorted(["dataset_info.json"] + info["splits"]["train"]["shards"])
+  assert sum(_check_tfrecord_crcs(p) for p in paths) == 2
+  assert sorted(clips) == ["spk1/a", "spk1/b"]
+
+  a, b = clips["spk1/a"], clips["spk1/b"]
+  assert (a.num_frames, b.num_frames) == (40, 30)
+  for clip, seconds in ((a, 1.6), (b, 1.2)):
+    assert clip.img_size == 64 and clip.fps == 25.0 and clip.split == "train"
+    assert clip.mel.shape[0] == 80 and abs(clip.mel.shape[1] - (80 * seconds + 1)) <= 2
+    assert np.isfinite(clip.mel).all() and clip.mel.max() > -4.0
+    np.testing.assert_array_equal(clip.boxes, np.tile(PADDED_BOX, (clip.num_frames, 1)))
+  # Frame order: crop k carries source frame k's value (read back through the same decoder).
+  source_a = video.read_frames(f"{corpus}/spk1/a.mp4")[0].reshape(40, -1).mean(1)
+  source_b = video.read_frames(f"{corpus}/spk1/b.mp4")[0].reshape(36, -1).mean(1)
+  assert np.all(np.diff(source_a) > 2)  # consecutive frames are distinguishable
+  np.testing.assert_allclose(a.frames(range(40)).reshape(40, -1).mean(1), source_a, atol=1.0)
+  # 30 fps -> 25 fps by nearest timestamp: output frame k shows source frame round(1.2 k).
+  np.testing.assert_allclose(b.frames(range(30)).reshape(30, -1).mean(1),
+                             source_b[[int(np.floor(1.2 * k + 0.5)) for k in range(30)]], atol=1.0)
+
+
+def test_process_clip_streaming_detect_every_and_no_face(corpus):
+  """The per-clip function without Beam: the two-decode path (big frames) equals the in-memory one."""
+  task = preprocess.ClipTask("train", "spk1/b", f"{corpus}/spk1/b.mp4")
+  held, stats = preprocess.process_clip(task, preprocess.PreprocessConfig(**_fixed_config()))
+  streamed, stats2 = preprocess.process_clip(
+      task, preprocess.PreprocessConfig(max_decoded_mib=0, detect_every=4, **_fixed_config()))
+  np.testing.assert_array_equal(held.frames, streamed.frames)
+  np.testing.assert_array_equal(held.mel, streamed.mel)
+  assert (stats["frames_searched"], stats2["frames_searched"]) == (30, 9)  # 0, 4, ..., 28 and the last
+  assert stats["resampled"] and stats["source_fps"] == pytest.approx(30.0)
+
+  class NoFaceAfterFrame10(face_detection.FaceDetector):
+    def detect(self, frames):
+      return [BOX] * 10 + [None] * (len(frames) - 10)
+
+  config = preprocess.PreprocessConfig(max_no_face_fraction=0.5, **_fixed_config())
+  with pytest.raises(preprocess.SkipClip, match="no face in 20 of 30") as skip:
+    preprocess.process_clip(task, config, NoFaceAfterFrame10())
+  assert skip.value.reason == "no_face"
+  record, report = preprocess.process_to_record(task, config, NoFaceAfterFrame10())
+  assert record is None and report["reason"] == "no_face"
+
+
+def test_filelist_splits_rerun_and_settings_guard(corpus, tmp_path):
+  root = tmp_path / "lrs2"
+  os.symlink(corpus, root)
+  (tmp_path / "lists").mkdir()
+  train_list, val_list = tmp_path / "lists" / "train.txt", tmp_path / "lists" / "val.txt"
+  train_list.write_text("spk1/a\nspk1/b NF\nspk2/garbage\n\n")  # LRS2 test lists carry extra tokens
+  val_list.write_text("spk3/c\n")
+  out = str(tmp_path / "shards")
+
+  first = preprocess.run(out, filelist=[str(train_list), str(val_list)], data_root=str(root), num_shards=3,
+                         **FIXED, **FAST)
+  assert {s: v["num_clips"] for s, v in first["splits"].items()} == {"train": 2, "val": 1}
+  assert first["splits"]["train"]["num_skipped"] == 1 and first["skipped"][0]["clip_id"] == "spk2/garbage"
+  assert len(glob.glob(os.path.join(out, "*.tfrecord"))) == 6
+
+  # Rerun into the same directory with another shard count: same records, no stale shards left.
+  second = preprocess.run(out, filelist=[str(train_list), str(val_list)], data_root=str(root), num_shards=1,
+                          **FIXED, **FAST)
+  assert sorted(os.listdir(out)) == ["dataset_info.json", "train-00000-of-00001.tfrecord",
+                                     "val-00000-of-00001.tfrecord"]
+  for key in ("num_clips", "num_skipped", "skipped_by_reason", "skipped"):
+    assert second[key] == first[key]
+  assert sorted(_read_split(out, "train")[1]) == ["spk1/a", "spk1/b"]
+
+  # Only val again: train's shards and info entry are kept as they are.
+  train_bytes = open(os.path.join(out, "train-00000-of-00001.tfrecord"), "rb").read()
+  third = preprocess.run(out, filelist=str(val_list), data_root=str(root), num_shards=2, **FIXED, **FAST)
+  assert third["carried_over_splits"] == ["train"] and third["splits"]["train"] == second["splits"]["train"]
+  assert open(os.path.join(out, "train-00000-of-00001.tfrecord"), "rb").read() == train_bytes
+  assert third["splits"]["val"]["shards"] == ["val-00000-of-00002.tfrecord", "val-00001-of-00002.tfrecord"]
+  assert third["num_skipped"] == 1  # train's skipped clip is still listed
+
+  # Other settings into the same directory are refused (nothing written) unless overwrite.
+  with pytest.raises(ValueError, match="overwrite"):
+    preprocess.run(out, filelist=str(val_list), data_root=str(root), img_size=48, **FIXED, **FAST)
+  assert json.load(open(os.path.join(out, "dataset_info.json")))["img_size"] == 96
+  fourth = preprocess.run(out, filelist=str(val_list), data_root=str(root), img_size=48, overwrite=True,
+                          **FIXED, **FAST)
+  assert sorted(os.listdir(out)) == ["dataset_info.json", "val-00000-of-00001.tfrecord"]
+  assert list(fourth["splits"]) == ["val"] and _read_split(out, "val")[1]["spk3/c"].img_size == 48
+
+
+def test_default_runner_haar_on_synthetic_corpus(tmp_path):
+  """Default DirectRunner mode (multi_processing) with the default Haar detector on the demo faces."""
+  synthetic = pytest.importorskip("data_pipelines.synthetic")
+  corpus = str(tmp_path / "demo")
+  synthetic.make_corpus(corpus, num_clips=2, seconds=1.0, workers=1, progress=False)
+  out = str(tmp_path / "shards")
+  info = preprocess.run(out, data_root=corpus, direct_num_workers=2)
+  assert info["num_skipped"] == 0, info["skipped"]
+  assert info["preprocess"]["detector"] == "haar" and info["last_run"]["direct_num_workers"] == 2
+  assert info["last_run"]["counters"]["clips_written"] == 2  # counters come back from worker processes
+  clips = {}
+  for split in info["splits"]:
+    clips.update(_read_split(out, split)[1])
+  assert len(clips) == 2
+  for clip_id, clip in clips.items():
+    true = np.load(os.path.join(corpus, clip_id + ".boxes.npy"))
+    assert clip.num_frames == len(true) == 25 and clip.img_size == 96
+    # Detected (padded, smoothed) boxes overlap the renderer's true face boxes.
+    ix = np.clip(np.minimum(clip.boxes[:, 2], true[:, 2]) - np.maximum(clip.boxes[:, 0], true[:, 0]), 0, None)
+    iy = np.clip(np.minimum(clip.boxes[:, 3], true[:, 3]) - np.maximum(clip.boxes[:, 1], true[:, 1]), 0, None)
+    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    iou = ix * iy / (area(clip.boxes) + area(true) - ix * iy)
+    assert iou.min() > 0.5, iou
