@@ -23,6 +23,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -99,17 +100,22 @@ def main(argv=None):
   mels = rng.normal(size=(args.batch, 80, 16)).astype(np.float32)
   crops = rng.integers(0, 255, (args.batch, 96, 96, 3), dtype=np.uint8)
   print(f"\n[generator] batch {args.batch}, width {args.width}")
-  results = {}
-  for fold in (True, False):
+  results, outputs = {}, {}
+  for fold, dtype in ((True, "float32"), (False, "float32"), (True, "bfloat16")):
     start = time.perf_counter()
-    runner = infer.GeneratorRunner(variables, meta, args.batch, fold_bn=fold)
+    runner = infer.GeneratorRunner(variables, meta, args.batch, compute_dtype=jnp.dtype(dtype), fold_bn=fold)
     compile_s = time.perf_counter() - start
-    runner.run(mels, crops)
+    outputs[(fold, dtype)] = runner.run(mels, crops)
     sec = time_it(lambda: runner.run(mels, crops), args.repeats)
-    results[fold] = sec
-    label = "folded  " if fold else "unfolded"
-    print(f"  JAX BN {label}: {sec:.3f} s/batch  {args.batch / sec:7.1f} frames/s"
+    results[(fold, dtype)] = sec
+    label = f"{dtype:<8} BN {'folded  ' if fold else 'unfolded'}"
+    print(f"  JAX {label}: {sec:.3f} s/batch  {args.batch / sec:7.1f} frames/s"
           f"  ({20 * sec / args.batch:.3f} s per 20 frames; compile {compile_s:.1f} s)")
+  ref = outputs[(False, "float32")].astype(int)
+  for key in ((True, "float32"), (True, "bfloat16")):
+    diff = np.abs(outputs[key].astype(int) - ref)
+    print(f"  uint8 output vs float32 unfolded, {key[1]} folded: max |diff| {diff.max()}, "
+          f"mean {diff.mean():.3f}")
 
   # 3. PyTorch reference at the same batch.
   if not args.no_torch:
@@ -129,7 +135,8 @@ def main(argv=None):
       print(f"  PyTorch eval (torch {torch.__version__}, {torch.get_num_threads()} threads): "
             f"{sec:.3f} s/batch  "
             f"{args.batch / sec:7.1f} frames/s  ({20 * sec / args.batch:.3f} s per 20 frames)")
-      print(f"  JAX folded / PyTorch time ratio: {results[True] / sec:.2f}")
+      print(f"  JAX float32 folded / PyTorch time ratio: {results[(True, 'float32')] / sec:.2f}; "
+            f"bfloat16 folded / PyTorch: {results[(True, 'bfloat16')] / sec:.2f}")
 
 
 if __name__ == "__main__":

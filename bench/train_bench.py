@@ -140,7 +140,7 @@ def torch_step_fn(stage_name: str, batch_np: dict[str, np.ndarray]):
       loss = F.binary_cross_entropy(F.cosine_similarity(audio, face).unsqueeze(1), label)
       loss.backward()
       opt.step()
-      return float(loss)
+      return loss.item()
     return step
 
   gan = stage_name == 'gan'
@@ -180,7 +180,7 @@ def torch_step_fn(stage_name: str, batch_np: dict[str, np.ndarray]):
       fake = F.binary_cross_entropy(disc(g.detach()), torch.zeros(b * 5, 1))
       fake.backward()
       disc_opt.step()
-    return float(loss)
+    return loss.item()
   return step
 
 

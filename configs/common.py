@@ -41,7 +41,7 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.data.img_size = 96
   c.data.global_batch_size = 16
   c.data.worker_count = 0  # grain worker processes per host (0 = in the main process)
-  c.data.demo_num_clips = 240  # size of the built-in demo corpus when shards_dir is ''
+  c.data.demo_num_clips = 120  # size of the built-in demo corpus when shards_dir is ''
 
   # Optimisers (optax Adam). grad_clip 0 = off.
   c.optimizer = ml_collections.ConfigDict()

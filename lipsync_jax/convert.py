@@ -29,6 +29,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -222,11 +223,14 @@ def load_torch_checkpoint(path: str | os.PathLike, kind: str, width_multiplier: 
   if not os.path.isfile(path):
     raise CheckpointError(f"{path}: no such checkpoint file")
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():  # torch warns about pickle protocols of files it then rejects.
+      warnings.simplefilter("ignore")
+      obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as err:  # Truncated, garbage or unsafe pickles all land here.
-    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: "
-                          f"{first_line[:200]})") from err
+    # torch's own text suggests weights_only=False, which we never do; report the type only.
+    raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: truncated, corrupt, or holding more "
+                          f"than tensors ({type(err).__name__}); re-download it or re-save the state_dict "
+                          f"with torch.save") from err
   return torch_state_dict_to_variables(kind, obj, width_multiplier, source=path)
 
 

@@ -16,7 +16,7 @@ import os
 import time
 
 CACHE_ENV = 'LIPSYNC_JAX_CACHE'
-DEFAULT_NUM_CLIPS = 240
+DEFAULT_NUM_CLIPS = 120
 INFO_FILE = 'dataset_info.json'
 
 

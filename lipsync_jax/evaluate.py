@@ -20,8 +20,9 @@ features zero-padded by 15 rows on both ends); mdist = mean over v; LSE-D = min(
 LSE-C = median(mdist) - min(mdist), AV offset = 15 - argmin(mdist).
 Sign: offset k means video frame v matches audio window v - k best (the audio leads the video by k frames).
 
-`sync` applies the same offset math to our expert's embeddings with the cosine distance 1 - cos (zero
-padding -> distance 1); its confidence is median(mdist) - min(mdist) = max cos - median cos, and the
+`sync` applies the same offset math to our expert's embeddings with the cosine distance 1 - cos, except
+that each offset's mean runs over the real (unpadded) window pairs only (zero padding biases short clips
+towards offset 0); its confidence is median(mdist) - min(mdist) = max cos - median cos, and the
 per-window sync probability is cos(audio_v, face_v) at offset 0.
 """
 
@@ -323,7 +324,13 @@ def sync_from_embeddings(face_emb, audio_emb, vshift: int = VSHIFT) -> dict:
   face_emb = np.asarray(face_emb, np.float64)
   audio_emb = np.asarray(audio_emb, np.float64)
   dists = offset_distances(face_emb, audio_emb, vshift, metric="cosine")
-  summary = summarize_offsets(dists, vshift)
+  # Unlike LSE, average only over real (unpadded) pairs: zero padding would bias every clip towards
+  # offset 0 by (|o| / n), which hides true offsets in short clips.
+  n = len(face_emb)
+  partner = np.arange(n)[:, None] + np.arange(-vshift, vshift + 1)[None, :]
+  valid = (partner >= 0) & (partner < n)
+  mean = np.where(valid.any(0), np.where(valid, dists, 0).sum(0) / np.maximum(valid.sum(0), 1), 1.0)
+  summary = summarize_offsets(mean[None, :], vshift)
   prob = 1.0 - dists[:, vshift]
   return {"sync_prob": prob.tolist(), "mean_sync_prob": float(prob.mean()), "offset": summary["offset"],
           "confidence": summary["confidence"],

@@ -453,10 +453,9 @@ def schedule_update(state: TrainState, eval_metrics, config) -> TrainState:
   eval_sync = float(np.asarray(eval_metrics['sync']))
   current = float(np.asarray(jax.device_get(state.sync_wt)))
   if eval_sync < float(config.loss.sync_trigger_threshold) and current != target:
-    value = np.float32(target)
-    sharding = getattr(state.sync_wt, 'sharding', None)
-    new_wt = jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value)
-    return state.replace(sync_wt=new_wt)
+    # An op on the old value keeps its sharding and its committed-ness (jit's cache key includes both;
+    # a fresh device_put would be committed and cost one recompile when the state was not).
+    return state.replace(sync_wt=jnp.zeros_like(state.sync_wt) + np.float32(target))
   return state
 
 

@@ -336,9 +336,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
         log_t0, log_step0 = now, step
         result.train_history.extend(rows)
         scalars = {f'train/{k}': v for k, v in _mean_rows(rows).items()}
-        scalars.update({'train/lr': float(config.optimizer.lr), 'steps_per_sec': steps_per_sec,
-                        'samples_per_sec': steps_per_sec * global_batch,
-                        'train/sync_wt_state': float(np.asarray(jax.device_get(state.sync_wt)))})
+        scalars.update({'train/lr': float(config.optimizer.lr), 'train/steps_per_sec': steps_per_sec,
+                        'train/samples_per_sec': steps_per_sec * global_batch})
+        if 'train/sync_wt' not in scalars:  # stages that do not report it as a metric
+          scalars['train/sync_wt'] = float(np.asarray(jax.device_get(state.sync_wt)))
         if stage.name == 'gan':
           scalars['train/disc_lr'] = float(config.optimizer.disc_lr)
         writer.write_scalars(step, scalars)

