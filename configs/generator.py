@@ -1,5 +1,6 @@
 """Wav2Lip generator training config (L1 + sync loss through the frozen expert), original hyper-parameters
-+ `tiny` / `demo` variants. Needs an expert: --config.expert_checkpoint=<expert workdir | variables dir | .pth>.
++ `tiny` / `demo` variants. Needs an expert:
+--config.expert_checkpoint=<expert workdir | variables dir | .pth>.
 
   python -m lipsync_jax.main --config=configs/generator.py:demo --workdir=workdirs/gen_demo \
       --config.expert_checkpoint=workdirs/expert_demo

@@ -17,7 +17,6 @@ set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
 ACCELERATOR="${ACCELERATOR:-v4-8}"
 RUNTIME="${RUNTIME:-tpu-ubuntu2204-base}"
-REPO_URL="${REPO_URL:-https://github.com/lipsync-jax/lipsync_jax.git}"
 ssh_all() { gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="$1"; }
 
 case "${1:-}" in
@@ -25,6 +24,7 @@ case "${1:-}" in
     gcloud compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" --accelerator-type="$ACCELERATOR" \
         --version="$RUNTIME" ${SPOT:+--spot} ;;
   setup)
+    : "${REPO_URL:?set REPO_URL to the git URL of your lipsync_jax repository}"
     ssh_all "set -e; (test -d lipsync_jax || git clone $REPO_URL lipsync_jax); cd lipsync_jax && git pull; \
 python3 -m venv ~/venv && ~/venv/bin/pip install -U pip && ~/venv/bin/pip install 'jax[tpu]==0.10.2' \
 -r requirements.txt && ~/venv/bin/pip install -e ." ;;

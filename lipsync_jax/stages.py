@@ -67,7 +67,7 @@ class StageSettings:
   grad_clip: float
   disc_wt: float
   expert_bn: str
-  transpose_impl: str = 'auto'  # Wav2Lip's stride-2 transposed convs: 'direct' | 'phase' | 'auto' (by backend)
+  transpose_impl: str = 'auto'  # Wav2Lip's stride-2 transposed convs: 'direct' | 'phase' | 'auto'
 
   @classmethod
   def from_config(cls, config, stage: str) -> StageSettings:
@@ -210,10 +210,9 @@ def sync_loss(settings: StageSettings, expert_variables, mel: jax.Array, generat
   expert = _expert_for(settings, expert_variables)
   frozen = jax.lax.stop_gradient(expert_variables)
   faces = windows.stack_on_channels(windows.lower_half(generated))
-  if EXPERT_BN_MODES[settings.expert_bn]:
-    (audio_emb, face_emb), _ = expert.apply(frozen, mel, faces, train=True, mutable=['batch_stats'])
-  else:
-    audio_emb, face_emb = expert.apply(frozen, mel, faces, train=False)
+  # 'batch': batch statistics (the original's train-mode expert); batch_stats is not mutable here, so the
+  # running-statistics update is not even computed. 'running': the expert's stored statistics.
+  audio_emb, face_emb = expert.apply(frozen, mel, faces, train=EXPERT_BN_MODES[settings.expert_bn])
   return losses.cosine_bce(audio_emb, face_emb, 1.0)
 
 

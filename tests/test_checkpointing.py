@@ -1,4 +1,4 @@
-"""Tests of lipsync_jax.checkpointing: items, reading one network, corrupt-latest fallback, mismatch errors."""
+"""Tests of lipsync_jax.checkpointing: items, reading one network, corrupt-latest fallback, mismatches."""
 
 from __future__ import annotations
 

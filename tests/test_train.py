@@ -125,7 +125,7 @@ class FakeStage:
 
 
 class FakeData:
-  """input_pipeline stand-in: a grain MapDataset of random (x, y) pairs; process slices of the global batch."""
+  """input_pipeline stand-in: a grain MapDataset of random (x, y) pairs; per-process rows of the batch."""
 
   @staticmethod
   def _dataset(global_batch_size, seed, process_index, process_count):
