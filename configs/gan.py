@@ -46,7 +46,8 @@ def _demo(c):
   _default(c)
   c.model.width_multiplier = 1 / 8
   c.data.global_batch_size = 8
-  c.optimizer.lr = c.optimizer.disc_lr = 5e-4
+  c.optimizer.lr = 5e-4
+  c.optimizer.disc_lr = 1e-4  # at 5e-4 the discriminator collapsed to a constant 0.5 by step ~700
   c.num_train_steps = 1000
   c.log_every_steps = 25
   c.eval_every_steps = 200

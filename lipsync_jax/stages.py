@@ -180,7 +180,7 @@ def _expert_width(settings: StageSettings, expert_signature: tuple) -> float:
     return settings.expert_width_multiplier
   for width in (settings.width_multiplier, 1.0, 1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32, 1 / 64):
     candidate = expert_model(settings, width)
-    shapes = jax.eval_shape(candidate.init, jax.random.key(0), *_dummy_expert_inputs(settings))
+    shapes = jax.eval_shape(candidate.init, jax.random.key(0), *dummy_expert_inputs(settings))
     if _shape_signature(shapes) == expert_signature:
       return width
   raise ValueError('The frozen expert variables match no SyncNet width multiplier in 1 .. 1/64 at '
@@ -243,7 +243,7 @@ def _new_state(settings: StageSettings, variables, rng, sync_wt: float, disc_par
       settings=settings)
 
 
-def _dummy_expert_inputs(settings: StageSettings):
+def dummy_expert_inputs(settings: StageSettings):
   s = settings.img_size
   return (jnp.zeros((1, windows.NUM_MELS, windows.MEL_STEPS, 1), jnp.float32),
           jnp.zeros((1, s // 2, s, 3 * windows.SYNC_T), jnp.float32))
@@ -266,7 +266,7 @@ def _bgr_to_rgb(images: jax.Array) -> jax.Array:
 def expert_init(config, rng: jax.Array) -> TrainState:
   settings = StageSettings.from_config(config, 'expert')
   init_rng, state_rng = jax.random.split(rng)
-  variables = expert_model(settings).init(init_rng, *_dummy_expert_inputs(settings), train=False)
+  variables = expert_model(settings).init(init_rng, *dummy_expert_inputs(settings), train=False)
   return _new_state(settings, variables, state_rng, sync_wt=0.0)
 
 

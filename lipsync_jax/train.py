@@ -77,7 +77,7 @@ def _expert_shapes(config):
   settings = stages.StageSettings.from_config(config, config.stage)
   width = settings.expert_width_multiplier or settings.width_multiplier
   model = stages.expert_model(settings, width)
-  return model, stages._dummy_expert_inputs(settings)  # pylint: disable=protected-access
+  return model, stages.dummy_expert_inputs(settings)
 
 
 def load_expert_variables(config) -> tuple[Any, str]:
@@ -239,7 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
       img_size=config.data.img_size, worker_count=config.data.worker_count, **proc)
   eval_batches = data.make_eval_batches(
       shards_dir, config.data.eval_split, stage.data_mode, global_batch, config.eval_batches,
-      seed=config.seed, **proc) if config.eval_batches > 0 else []
+      seed=config.seed, img_size=config.data.img_size, **proc) if config.eval_batches > 0 else []
   logging.info('data: %s (train split %r, eval split %r: %d batches)', shards_dir,
                config.data.train_split, config.data.eval_split, len(eval_batches))
 

@@ -45,7 +45,8 @@ class GlobalBatchData:
                               process_count).to_iter_dataset())
 
   def make_eval_batches(self, shards_dir, split, mode, global_batch_size, num_batches, seed=0,
-                        process_index=None, process_count=None):
+                        process_index=None, process_count=None, img_size=None):
+    del img_size
     ds = self._dataset(shards_dir, split, mode, global_batch_size, seed, process_index, process_count)
     return [ds[i] for i in range(num_batches)]
 

@@ -148,8 +148,8 @@ class FakeData:
     return iter(ds.to_iter_dataset())
 
   def make_eval_batches(self, shards_dir, split, mode, global_batch_size, num_batches, seed=0,
-                        process_index=None, process_count=None):
-    del shards_dir, split, mode
+                        process_index=None, process_count=None, img_size=None):
+    del shards_dir, split, mode, img_size
     ds = self._dataset(global_batch_size, seed + 1, process_index, process_count)
     return [ds[i] for i in range(num_batches)]
 
