@@ -180,7 +180,7 @@ def fake_config(**overrides):
 
 def run_fake(workdir, stage=None, **overrides):
   return train.train_and_evaluate(fake_config(**overrides), str(workdir), stage=stage or FakeStage(),
-                                  data=FakeData())
+                                  data=FakeData(), record_batch_checksums=True)
 
 
 def losses(result):
