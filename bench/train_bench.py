@@ -4,7 +4,9 @@ Prints, per stage (expert, generator, gan) and per transposed-conv form ('direct
 steps/s, samples/s, XLA FLOPs per step (compiled cost analysis) and, on GPU/TPU, the model FLOP
 utilisation against the device's bf16 peak. On CPU at width 1 it also times the same step in eager
 PyTorch on the test reference models (tests/torch_reference.py: same batch, same losses, Adam) and prints
-the JAX / PyTorch time ratio (goal: <= 1.25).
+the JAX / PyTorch time ratio (goal: <= 1.25). PyTorch runs in its own process (one runtime's idle thread
+pool must not slow the other's); the header prints the XLA_FLAGS in force (lipsync_jax adds its XLA:CPU
+defaults on import, see lipsync_jax/xla_flags.py; LIPSYNC_JAX_XLA_FLAGS=off to compare without them).
 
 Defaults are the original's: full-size models, batch 64 (expert) and 16 (generator, gan). Full size on a
 small shared CPU is slow; shrink with --batch / --width / --steps and report what was run:
@@ -18,7 +20,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
+import os
 import pathlib
+import subprocess
 import sys
 import time
 
@@ -194,6 +199,17 @@ def time_torch(stage_name: str, batch_size: int, steps: int, warmup: int) -> dic
   return {'step_s': (time.perf_counter() - start) / steps, 'loss': loss}
 
 
+def time_torch_in_subprocess(stage_name: str, batch_size: int, steps: int, warmup: int,
+                             threads: int) -> dict:
+  """`time_torch` in a fresh interpreter, so neither runtime's thread pool competes with the other's
+  (measured here: PyTorch timed in the same process right after JAX ran 10-35% slower)."""
+  command = [sys.executable, str(pathlib.Path(__file__).resolve()), '--torch_worker', stage_name,
+             '--batch', str(batch_size), '--steps', str(steps), '--warmup', str(warmup),
+             '--torch_threads', str(threads)]
+  out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--stages', default='expert,generator,gan')
@@ -206,23 +222,29 @@ def main(argv=None) -> None:
   parser.add_argument('--torch', default='auto', choices=('auto', 'on', 'off'),
                       help='eager PyTorch side-by-side (auto: on CPU at width 1)')
   parser.add_argument('--torch_threads', type=int, default=0, help='0 = PyTorch default')
+  parser.add_argument('--torch_worker', default='', help=argparse.SUPPRESS)  # internal: time one stage
   args = parser.parse_args(argv)
+  if args.torch_worker:
+    if args.torch_threads:
+      import torch
+      torch.set_num_threads(args.torch_threads)
+    print(json.dumps(time_torch(args.torch_worker, args.batch, args.steps, args.warmup)))
+    return
 
   backend = jax.default_backend()
   device = jax.devices()[0]
   with_torch = args.torch == 'on' or (args.torch == 'auto' and backend == 'cpu' and args.width == 1.0)
-  if with_torch and args.torch_threads:
-    import torch
-    torch.set_num_threads(args.torch_threads)
   print(f'backend {backend} ({getattr(device, "device_kind", "?")}, {jax.device_count()} devices), '
-        f'width {args.width}, dtype {args.dtype}, steps {args.steps} (+{args.warmup} warm-up)', flush=True)
+        f'width {args.width}, dtype {args.dtype}, steps {args.steps} (+{args.warmup} warm-up), '
+        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}', flush=True)
   header = (f'{"stage":<10}{"impl":<8}{"batch":>6}{"compile s":>11}{"step s":>10}{"steps/s":>9}'
             f'{"samples/s":>11}{"GFLOP/step":>12}{"MFU":>7}{"torch s":>9}{"jax/torch":>10}')
   print(header, flush=True)
   for name in args.stages.split(','):
     batch = args.batch or DEFAULT_BATCH[name]
     impls = args.impls.split(',') if name != 'expert' else ['-']
-    torch_result = time_torch(name, batch, args.steps, args.warmup) if with_torch else None
+    torch_result = (time_torch_in_subprocess(name, batch, args.steps, args.warmup, args.torch_threads)
+                    if with_torch else None)
     for impl in impls:
       r = time_jax(name, batch, args.width, args.dtype, 'auto' if impl == '-' else impl, args.steps,
                    args.warmup)

@@ -30,7 +30,10 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.model.width_multiplier = 1.0
   c.model.compute_dtype = 'float32'  # 'float32' | 'bfloat16'
   c.model.expert_width_multiplier = 0.0  # the frozen expert's width; 0 = inferred from its variables
-  c.model.transpose_impl = 'auto'  # Wav2Lip stride-2 transposed convs: 'direct' | 'phase' | 'auto'
+  # How transposed convolutions are computed (Wav2Lip's decoder, and every strided conv's input gradient):
+  # 'direct' (XLA's own; GPU/TPU), 'phase' (stride-1 convs + depth-to-space; much faster on XLA:CPU),
+  # 'auto' = phase on CPU, direct elsewhere. Same values either way.
+  c.model.transpose_impl = 'auto'
 
   # Data (lipsync_jax.input_pipeline). shards_dir '' = the built-in demo corpus, built into the cache dir
   # ($LIPSYNC_JAX_CACHE or ~/.cache/lipsync_jax) on first use.

@@ -33,6 +33,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 import optax
 from flax import struct
@@ -67,7 +68,8 @@ class StageSettings:
   grad_clip: float
   disc_wt: float
   expert_bn: str
-  transpose_impl: str = 'auto'  # Wav2Lip's stride-2 transposed convs: 'direct' | 'phase' | 'auto'
+  # Transposed convs (Wav2Lip's decoder, and every strided conv's input gradient): 'direct'|'phase'|'auto'
+  transpose_impl: str = 'auto'
 
   @classmethod
   def from_config(cls, config, stage: str) -> StageSettings:
@@ -133,11 +135,13 @@ def generator_model(settings: StageSettings) -> nn.Module:
 
 def expert_model(settings: StageSettings, width: float | None = None) -> nn.Module:
   width = settings.width_multiplier if width is None else width
-  return _models().SyncNet(width_multiplier=width, compute_dtype=settings.dtype)
+  return _models().SyncNet(width_multiplier=width, compute_dtype=settings.dtype,
+                           transpose_impl=settings.transpose_impl)
 
 
 def disc_model(settings: StageSettings) -> nn.Module:
-  return _models().QualityDisc(width_multiplier=settings.width_multiplier, compute_dtype=settings.dtype)
+  return _models().QualityDisc(width_multiplier=settings.width_multiplier, compute_dtype=settings.dtype,
+                               transpose_impl=settings.transpose_impl)
 
 
 def _adam(lr: float, b1: float, b2: float, grad_clip: float) -> optax.GradientTransformation:
@@ -345,7 +349,15 @@ def generator_losses(settings: StageSettings, params, batch_stats, batch, expert
   generated, new_stats, gt, mel = _generate(
       settings, {'params': params, 'batch_stats': batch_stats}, batch, stage, train)
   w = _f32(sync_wt)
-  parts = {'l1': losses.l1(generated, gt), 'sync': sync_loss(settings, expert_variables, mel, generated)}
+  if train:
+    # As the original: while w == 0 the expert is not run at all (lax.cond executes one branch; w is
+    # traced, so switching it on does not recompile). The train 'sync' metric reads 0 until then; the
+    # eval step (train=False) always computes it, since it drives the trigger.
+    sync = lax.cond(w > 0, lambda: sync_loss(settings, expert_variables, mel, generated),
+                    lambda: jnp.zeros((), jnp.float32))
+  else:
+    sync = sync_loss(settings, expert_variables, mel, generated)
+  parts = {'l1': losses.l1(generated, gt), 'sync': sync}
   if disc_params is not None:
     disc_wt = _f32(settings.disc_wt)
     fake_logits = _disc_logits(settings, jax.lax.stop_gradient(disc_params), _fold_time(generated))

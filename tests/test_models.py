@@ -110,6 +110,96 @@ def test_syncnet_train_mode_parity_and_running_stats():
                 - old_state["face_encoder.3.conv_block.1.running_var"]).max() > 1e-3
 
 
+@pytest.mark.parametrize("impl", ["direct", "phase"])
+def test_syncnet_train_mode_gradients_match_pytorch(impl):
+  """Backward parity at full size against float64 PyTorch: the hand-written BatchNorm VJP and, with
+  'phase', the strided convs' transposed-conv input gradient. Per-tensor relative L2 error, because a
+  random deep ReLU net in float32 flips a few near-zero activations (max-abs error is dominated by those:
+  float32 PyTorch itself is off by up to ~1e-2 max-abs here); a wrong formula gives O(1) errors."""
+  model = tr.randomize(tr.SyncNetColor(), seed=5)
+  tr.calibrate(model, *to_nchw(random_inputs("syncnet", 4, seed=102)), seed=6)
+  variables = convert.torch_state_dict_to_variables("syncnet", model.state_dict())
+  mel, faces = random_inputs("syncnet", 4, seed=9)
+  target = np.random.default_rng(10).normal(size=(4, 512)).astype(np.float32)
+  model = model.double().train()
+  mel_t, faces_t = (t.double().requires_grad_() for t in to_nchw([mel, faces]))
+  audio_t, face_t = model(mel_t, faces_t)
+  ref_loss = (audio_t * face_t).sum() + (face_t * torch.from_numpy(target).double()).sum()
+  ref_loss.backward()
+  # Conv biases right before train-mode BatchNorm are left out: their true gradient is 0.
+  ref_grads = {k: p.grad.numpy() for k, p in model.named_parameters() if "conv_block.0.bias" not in k}
+  ref_faces = faces_t.grad.numpy().transpose(0, 2, 3, 1)
+
+  def loss(params, mel, faces):
+    (audio, face), _ = SyncNet(transpose_impl=impl).apply(
+        {"params": params, "batch_stats": variables["batch_stats"]}, mel, faces, train=True,
+        mutable=["batch_stats"])
+    return jnp.sum(audio * face) + jnp.sum(face * target)
+
+  value, (grads, grad_faces) = jax.jit(jax.value_and_grad(loss, argnums=(0, 2)))(variables["params"], mel,
+                                                                                  faces)
+  assert abs(float(value) - ref_loss.item()) < 1e-3
+  got = convert.variables_to_torch_state_dict("syncnet", {"params": grads,
+                                                          "batch_stats": variables["batch_stats"]})
+  assert len(ref_grads) > 60
+  for key, want in ref_grads.items():
+    assert np.linalg.norm(got[key] - want) / np.linalg.norm(want) < 2e-2, key
+  assert np.linalg.norm(np.asarray(grad_faces) - ref_faces) / np.linalg.norm(ref_faces) < 2e-2
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding", [
+    ((2, 24, 48, 8), 5, (1, 2), 1), ((2, 23, 24, 16), 3, (2, 2), 1), ((2, 27, 16, 8), 3, (3, 3), 1),
+    ((2, 9, 6, 16), 3, (3, 2), 1), ((2, 7, 7, 8), 3, (2, 2), 0), ((2, 12, 12, 8), 4, (2, 2), 1)])
+def test_strided_conv_phase_gradient_equals_native(shape, kernel, stride, padding):
+  rng = np.random.default_rng(11)
+  x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, shape[-1], 12)).astype(np.float32))
+
+  def loss(impl):
+    return lambda x, w: jnp.sum(jnp.sin(layers.conv2d(x, w, stride, (padding, padding), impl)))
+
+  (value_d, grads_d), (value_p, grads_p) = (
+      jax.jit(jax.value_and_grad(loss(impl), argnums=(0, 1)))(x, w) for impl in ("direct", "phase"))
+  assert float(value_d) == float(value_p)  # Same forward op.
+  for a, b in zip(grads_d, grads_p):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-4 * float(jnp.abs(a).max()))
+
+
+def test_conv_stride1_negative_padding_is_a_crop():
+  """Pins the workaround in layers._conv_stride1: padding (-1, +1) with >= 8 channels is a crop + pad."""
+  rng = np.random.default_rng(12)
+  x = rng.normal(size=(1, 9, 6, 16)).astype(np.float32)
+  w = jnp.asarray(rng.normal(size=(1, 2, 16, 16)).astype(np.float32))
+  pads = ((-1, 1), (0, -1))
+  got = layers._conv_stride1(jnp.asarray(x), w, pads)  # pylint: disable=protected-access
+  cropped = np.pad(x[:, 1:, :5], ((0, 0), (0, 1), (0, 0), (0, 0)))
+  expected = jax.lax.conv_general_dilated(jnp.asarray(cropped), w, (1, 1), "VALID",
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
+
+
+def test_batch_norm_vjp_equals_autodiff_of_the_formula():
+  rng = np.random.default_rng(13)
+  x = jnp.asarray(rng.normal(1.0, 3.0, (4, 6, 5, 7)).astype(np.float32))
+  scale, bias = (jnp.asarray(rng.normal(size=7).astype(np.float32)) for _ in range(2))
+  weights = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
+
+  def formula(x, scale, bias):
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+    return (x - mean) * jax.lax.rsqrt(var + layers.BN_EPS) * scale + bias
+
+  def loss(fn):
+    return lambda *args: jnp.sum(jnp.tanh(fn(*args)) * weights)
+
+  np.testing.assert_allclose(layers.batch_norm_train(x, scale, bias), formula(x, scale, bias), atol=1e-5)
+  for got, want in zip(jax.grad(loss(layers.batch_norm_train), argnums=(0, 1, 2))(x, scale, bias),
+                       jax.grad(loss(formula), argnums=(0, 1, 2))(x, scale, bias)):
+    np.testing.assert_allclose(got, want, atol=2e-5 * float(jnp.abs(want).max()) + 1e-6)
+  # bf16 activations: gradient comes back in the input dtype.
+  assert jax.grad(loss(layers.batch_norm_train))(x.astype(jnp.bfloat16), scale, bias).dtype == jnp.bfloat16
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_batch_norm_matches_pytorch_train_step(dtype):
   rng = np.random.default_rng(0)

@@ -56,6 +56,7 @@ def _worker(port, num_processes, process_id, workdir, shards_dir, out_path):
   logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
                       format=f'[p{process_id}] %(asctime)s %(message)s')
   logging.getLogger('absl').setLevel(logging.WARNING)  # orbax's per-save chatter
+  import lipsync_jax  # noqa: F401  (first, as in lipsync_jax.main: its XLA:CPU flags precede backend start)
   import jax
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if int(num_processes) > 1:
@@ -122,10 +123,12 @@ def test_two_processes_match_one_process(tmp_path, tiny_shards):
     np.testing.assert_allclose([r[key] for r in multi['history']], [r[key] for r in single['history']],
                                rtol=1e-5, atol=1e-5, err_msg=key)
   # Gradient norms only roughly: at width 1/32 BatchNorm over near-constant channels amplifies float
-  # reduction-order noise (1 vs 2 vs 4 devices in ONE process differ by ~1% by step 3 as well).
+  # reduction-order noise. Measured in ONE process, step 3, same losses to 1e-6: grad_norm 0.0440 / 0.0420 /
+  # 0.0466 with 1 / 2 / 4 devices under the default XLA:CPU flags (YNNPACK reductions), 0.0437 / 0.0444 /
+  # 0.0438 without them. So this bound is about the device-count spread, not about multi-process.
   for key in ('grad_norm', 'disc_grad_norm'):
     np.testing.assert_allclose([r[key] for r in multi['history']], [r[key] for r in single['history']],
-                               rtol=5e-2, err_msg=key)
+                               rtol=0.15, err_msg=key)
   # Both processes wrote their grain iterator state into the shared checkpoint.
   data_dir = tmp_path / 'multi' / 'checkpoints' / str(STEPS) / 'data'
   assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(os.listdir(data_dir))

@@ -33,6 +33,7 @@ class QualityDisc(nn.Module):
   """Wav2Lip_disc_qual. Probabilities (N, 1) by default, logits with `return_logits=True`."""
   width_multiplier: float = 1.0
   compute_dtype: Any = jnp.float32
+  transpose_impl: str = "auto"  # strided convs' input gradient: 'direct' | 'phase' | 'auto' (layers.conv2d)
 
   @nn.compact
   def __call__(self, faces, train: bool = False, return_logits: bool = False):
@@ -48,7 +49,7 @@ class QualityDisc(nn.Module):
     for i, block in enumerate(DISC_FACE_ENCODER):
       for j, (channels, kernel, stride, padding) in enumerate(block):
         x = ConvLeaky(scaled_channels(channels, self.width_multiplier), kernel, stride, padding, dtype=dtype,
-                      name=f"face_encoder_blocks_{i}_{j}")(x)
+                      transpose_impl=self.transpose_impl, name=f"face_encoder_blocks_{i}_{j}")(x)
     x = Conv(1, 1, 1, 0, dtype=dtype, name="binary_pred_0")(x)
     logits = x.astype(jnp.float32).reshape(x.shape[0], -1)
     out = logits if return_logits else nn.sigmoid(logits)

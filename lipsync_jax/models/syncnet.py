@@ -41,11 +41,12 @@ SYNCNET_AUDIO_ENCODER = [
 
 
 def run_encoder(x, table, prefix: str, width_multiplier: float, dtype, train: bool, fold_bn: bool,
-                start_index: int = 0):
+                start_index: int = 0, transpose_impl: str = "auto"):
   """Applies a ConvBN layer table; row i is named f'{prefix}_{start_index + i}'. Call in a compact method."""
   for i, (channels, kernel, stride, padding, residual) in enumerate(table, start=start_index):
     x = ConvBN(scaled_channels(channels, width_multiplier), kernel, stride, padding, residual=residual,
-               fold_bn=fold_bn, dtype=dtype, name=f"{prefix}_{i}")(x, train=train)
+               fold_bn=fold_bn, dtype=dtype, transpose_impl=transpose_impl,
+               name=f"{prefix}_{i}")(x, train=train)
   return x
 
 
@@ -54,6 +55,7 @@ class SyncNet(nn.Module):
   width_multiplier: float = 1.0
   compute_dtype: Any = jnp.float32
   fold_bn: bool = False
+  transpose_impl: str = "auto"  # strided convs' input gradient: 'direct' | 'phase' | 'auto' (layers.conv2d)
 
   @property
   def embed_dim(self) -> int:
@@ -68,9 +70,9 @@ class SyncNet(nn.Module):
                        f"{faces.shape}")
     dtype = self.compute_dtype
     face = run_encoder(faces.astype(dtype), SYNCNET_FACE_ENCODER, "face_encoder", self.width_multiplier,
-                       dtype, train, self.fold_bn)
+                       dtype, train, self.fold_bn, transpose_impl=self.transpose_impl)
     audio = run_encoder(mel.astype(dtype), SYNCNET_AUDIO_ENCODER, "audio_encoder", self.width_multiplier,
-                        dtype, train, self.fold_bn)
+                        dtype, train, self.fold_bn, transpose_impl=self.transpose_impl)
     # PyTorch flattens NCHW; at the native sizes the maps are 1x1 so the order is the same.
     audio_emb = l2_normalize(audio.reshape(audio.shape[0], -1))
     face_emb = l2_normalize(face.reshape(face.shape[0], -1))

@@ -71,12 +71,14 @@ class Wav2Lip(nn.Module):
                        f"faces {faces.shape}")
     width, dtype, fold = self.width_multiplier, self.compute_dtype, self.fold_bn
 
-    audio = run_encoder(mel.astype(dtype), WAV2LIP_AUDIO_ENCODER, "audio_encoder", width, dtype, train, fold)
+    impl = self.transpose_impl
+    audio = run_encoder(mel.astype(dtype), WAV2LIP_AUDIO_ENCODER, "audio_encoder", width, dtype, train, fold,
+                        transpose_impl=impl)
 
     skips = []
     x = faces.astype(dtype)
     for i, block in enumerate(WAV2LIP_FACE_ENCODER):
-      x = run_encoder(x, block, f"face_encoder_blocks_{i}", width, dtype, train, fold)
+      x = run_encoder(x, block, f"face_encoder_blocks_{i}", width, dtype, train, fold, transpose_impl=impl)
       skips.append(x)
 
     x = audio
@@ -84,13 +86,13 @@ class Wav2Lip(nn.Module):
       channels = scaled_channels(first[1], width)
       name = f"face_decoder_blocks_{i}"
       if first[0] == "conv":
-        x = ConvBN(channels, first[2], first[3], first[4], fold_bn=fold, dtype=dtype,
+        x = ConvBN(channels, first[2], first[3], first[4], fold_bn=fold, dtype=dtype, transpose_impl=impl,
                    name=f"{name}_0")(x, train=train)
       else:
         x = ConvTBN(channels, first[2], first[3], first[4], first[5], transpose_impl=self.transpose_impl,
                     fold_bn=fold, dtype=dtype, name=f"{name}_0")(x, train=train)
       x = run_encoder(x, residuals(first[1], num_residual), name, width, dtype, train, fold,
-                      start_index=1)
+                      start_index=1, transpose_impl=impl)
       skip = skips.pop()
       if x.shape[:3] != skip.shape[:3]:
         raise ValueError(f"Wav2Lip: decoder block {i} output {x.shape} does not match its skip {skip.shape}; "
