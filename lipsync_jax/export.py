@@ -67,11 +67,18 @@ def unflatten_params(flat: dict) -> dict:
   return tree
 
 
-def _model_and_inputs(kind: str, meta: dict, batch):
+def transpose_impl_for(platforms: Sequence[str]) -> str:
+  """The transposed-conv form to bake into an artifact: chosen by the platforms it targets, not by the
+  machine that exports it ('phase' is the faster forward on XLA:CPU, XLA's own 'direct' elsewhere)."""
+  return "phase" if tuple(platforms) == ("cpu",) else "direct"
+
+
+def _model_and_inputs(kind: str, meta: dict, batch, platforms: Sequence[str]):
   from lipsync_jax import models
   width = float(meta.get("width_multiplier", 1.0))
   size = int(meta.get("img_size", 96))
-  model = models.MODELS[kind](width_multiplier=width, fold_bn=True)
+  model = models.MODELS[kind](width_multiplier=width, fold_bn=True,
+                              transpose_impl=transpose_impl_for(platforms))
   mel = jax.ShapeDtypeStruct((batch, 80, 16, 1), jnp.float32)
   faces_shape = (batch, size, size, 6) if kind == "wav2lip" else (batch, size // 2, size, 15)
   return model, mel, jax.ShapeDtypeStruct(faces_shape, jnp.float32)
@@ -86,13 +93,13 @@ def export_model(variables, meta: dict, out_dir: str, kind: str = "wav2lip", bat
   params = models.fold_batch_norm(kind, variables)["params"]
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   batch_dim = jax.export.symbolic_shape("b")[0] if batch == "symbolic" else int(batch)
-  model, mel, faces = _model_and_inputs(kind, meta, batch_dim)
+  platforms = tuple(platforms) if platforms else DEFAULT_PLATFORMS
+  model, mel, faces = _model_and_inputs(kind, meta, batch_dim, platforms)
 
   def serve(params, mel, faces):
     return model.apply({"params": params}, mel, faces, train=False)
 
   param_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-  platforms = tuple(platforms) if platforms else DEFAULT_PLATFORMS
   exported = jax.export.export(jax.jit(serve), platforms=platforms)(param_shapes, mel, faces)
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, EXPORT_FILE), "wb") as f:
@@ -102,7 +109,8 @@ def export_model(variables, meta: dict, out_dir: str, kind: str = "wav2lip", bat
   export_meta = {
       "kind": kind, "img_size": int(meta.get("img_size", 96)),
       "width_multiplier": float(meta.get("width_multiplier", 1.0)), "batch": str(batch),
-      "platforms": list(platforms), "bn_folded": True, "param_keys": sorted(flat),
+      "platforms": list(platforms), "transpose_impl": transpose_impl_for(platforms), "bn_folded": True,
+      "param_keys": sorted(flat),
       "inputs": {"mel": "(b, 80, 16, 1) float32", "faces": str(tuple(faces.shape[1:])) + " float32 in [0,1]"},
       "outputs": "frames (b, S, S, 3) in [0,1]" if kind == "wav2lip" else "(audio_emb, face_emb)",
       "jax_version": jax.__version__,

@@ -70,3 +70,9 @@ def test_artifact_has_no_pickles_and_clear_errors(tmp_path):
   os.remove(os.path.join(out, export.META_FILE))
   with pytest.raises(ValueError, match="export_meta.json"):
     serving.load(out)
+
+
+def test_artifact_transposed_conv_form_follows_its_target_platforms():
+  assert export.transpose_impl_for(("cpu",)) == "phase"
+  assert export.transpose_impl_for(export.DEFAULT_PLATFORMS) == "direct"
+  assert export.transpose_impl_for(("cuda",)) == "direct"
