@@ -44,6 +44,11 @@ _WHICH = {
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
+  """The orbax directory of a workdir, made absolute (orbax refuses relative paths, and the README's
+  commands pass `--workdir=workdirs/...`); remote paths (gs://...) are left as they are."""
+  workdir = os.fspath(workdir)
+  if '://' not in workdir:
+    workdir = os.path.abspath(workdir)
   return epath.Path(workdir) / CHECKPOINT_DIR
 
 

@@ -57,6 +57,16 @@ def test_load_model_variables_reads_the_trained_network(tmp_path):
     checkpointing.load_model_variables(tmp_path / 'empty', 'expert')
 
 
+def test_relative_workdir_trains_resumes_and_loads(tmp_path, monkeypatch):
+  """The README passes --workdir=workdirs/...: a relative path must work for save, resume and load."""
+  monkeypatch.chdir(tmp_path)
+  assert run_fake('workdirs/run', num_train_steps=2).step == 2
+  assert run_fake('workdirs/run', num_train_steps=3).start_step == 2  # resumed from the relative workdir
+  variables, meta = checkpointing.load_model_variables('workdirs/run', 'expert')
+  assert meta['step'] == 3 and set(variables) == {'params', 'batch_stats'}
+  assert (tmp_path / 'workdirs' / 'run' / checkpointing.CHECKPOINT_DIR / '3').is_dir()
+
+
 def _corrupt(step_dir):
   """Truncates every data file of the step's model and train items (a crash mid-copy / bad disk)."""
   count = 0
