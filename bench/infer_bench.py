@@ -31,8 +31,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def make_720p_clip(path: str, seconds: float, face_size: int = 480) -> int:
   """Renders a demo-corpus talking face into a 1280x720 canvas; returns the number of frames."""
-  from data_pipelines import synthetic
-  from lipsync_jax import video
+  from lipsync_jax.data import synthetic
+  from lipsync_jax.media import video
   clip = synthetic.render_clip(synthetic.ClipSpec("bench/clip", 0, 0, seconds, seed=0, frame_size=face_size))
   canvas = np.zeros((720, 1280, 3), np.uint8)
   canvas[:] = (60, 70, 80)

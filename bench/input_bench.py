@@ -25,8 +25,10 @@ import time
 import cv2
 import numpy as np
 
-from lipsync_jax import input_pipeline
-from lipsync_jax import records
+from lipsync_jax.data import pipeline as input_pipeline
+
+from lipsync_jax.data import tfrecord
+from lipsync_jax.data import records
 from lipsync_jax import windows
 
 ORIGINAL_SAMPLES_PER_S_PER_CORE = 92.0
@@ -56,7 +58,7 @@ def build_corpus(out_dir: str, num_clips: int, seconds: float, img_size: int, nu
                         np.zeros((num_frames, 4)))
     clips.append(records.serialize_clip(clip, frame_format, jpeg_quality))
   for shard in range(num_shards):
-    input_pipeline.write_tfrecord(os.path.join(out_dir, records.shard_name(split, shard, num_shards)),
+    tfrecord.write_tfrecord(os.path.join(out_dir, records.shard_name(split, shard, num_shards)),
                                   clips[shard::num_shards])
   size = sum(len(c) for c in clips)
   what = f"JPEG q{jpeg_quality}" if frame_format == "jpeg" else "raw"
@@ -130,7 +132,7 @@ def measure_dtype_choice(iterator, mode: str, repeats: int = 20):
 
 def calibration(shards_dir: str, split: str) -> str:
   """How long this machine, right now, takes for the fixed costs of one record (to compare runs)."""
-  source = input_pipeline.ClipRecords(input_pipeline.find_shards(shards_dir, split))
+  source = tfrecord.ClipRecords(tfrecord.find_shards(shards_dir, split))
   raw = source[0].data
   clip = records.parse_example(raw)
 

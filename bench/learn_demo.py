@@ -1,10 +1,10 @@
 """Learning, proven: the expert and then the generator learn the built-in demo corpus, end to end on CPU.
 
-1. Demo corpus (data_pipelines.synthetic -> data_pipelines.preprocess -> shards; cached, built on first use
-   by lipsync_jax.demo_data) and the oracle accuracy cap of the held-out split (from its true mouth
+1. Demo corpus (lipsync_jax.data.synthetic -> data_pipelines.preprocess -> shards; cached, built on first use
+   by lipsync_jax.data.demo) and the oracle accuracy cap of the held-out split (from its true mouth
    parameters: negatives that look like the positive cap any expert below 1.0).
 2. Expert (configs/expert.py:demo: width 1/8, Adam 1e-3, batch 32) trained with the project's own loop
-   (lipsync_jax.train.train_and_evaluate) in chunks, evaluated every --eval_every steps on a fixed
+   (lipsync_jax.training.loop.train_and_evaluate) in chunks, evaluated every --eval_every steps on a fixed
    held-out pair set, until the best held-out accuracy >= --target_acc (or --expert_max_steps).
 3. Generator (configs/generator.py:demo, small width) against that frozen expert until its eval sync loss
    < --target_sync (0.69 = ln 2, the expert's chance level) or --generator_max_steps.
@@ -37,8 +37,8 @@ def load_config(name: str, variant: str):
 
 def oracle_cap(num_clips: int, split: str) -> float | None:
   """The oracle accuracy of the demo corpus' `split` clips (None if the mouth parameters are missing)."""
-  from data_pipelines import synthetic
-  from lipsync_jax import demo_data
+  from lipsync_jax.data import synthetic
+  from lipsync_jax.data import demo as demo_data
   raw_dir, _ = demo_data.demo_paths(num_clips=num_clips)
   filelist = pathlib.Path(raw_dir) / f'{split}.txt'
   if not filelist.exists():
@@ -51,7 +51,7 @@ def oracle_cap(num_clips: int, split: str) -> float | None:
 
 def train_until(config, workdir: str, chunk: int, max_steps: int, done, label: str, budget_s: float):
   """Runs train_and_evaluate in chunks of `chunk` steps (resuming) until done(eval_history) or a limit."""
-  from lipsync_jax import train
+  from lipsync_jax.training import loop as train
   history, start = [], time.time()
   step = 0
   while step < max_steps:

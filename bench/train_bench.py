@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lipsync_jax import stages
+from lipsync_jax.training import stages
 
 DEFAULT_BATCH = {'expert': 64, 'generator': 16, 'gan': 16}
 # Dense bf16 peak FLOP/s by device-kind substring (vendor datasheets; SXM parts for GPUs).

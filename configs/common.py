@@ -35,7 +35,7 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   # 'auto' = phase on CPU, direct elsewhere. Same values either way.
   c.model.transpose_impl = 'auto'
 
-  # Data (lipsync_jax.input_pipeline). shards_dir '' = the built-in demo corpus, built into the cache dir
+  # Data (lipsync_jax.data.pipeline). shards_dir '' = the built-in demo corpus, built into the cache dir
   # ($LIPSYNC_JAX_CACHE or ~/.cache/lipsync_jax) on first use.
   c.data = ml_collections.ConfigDict()
   c.data.shards_dir = ''
@@ -64,7 +64,7 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.loss.disc_wt = 0.0
   c.loss.expert_bn = 'batch'  # 'batch' (the original: batch statistics) | 'running'
 
-  # Device mesh (lipsync_jax.sharding). Sizes -1 = all remaining devices. Batches are split over
+  # Device mesh (lipsync_jax.training.sharding). Sizes -1 = all remaining devices. Batches are split over
   # ('data', 'fsdp'); params are replicated, or sharded over 'fsdp' with param_sharding='fsdp'.
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1

@@ -9,9 +9,9 @@ Beam DoFn wraps), the output-directory protocol and `dataset_info.json`.
   ... --out gs://B/shards --runner DataflowRunner --project P --region R --temp_location gs://B/tmp \
       --extra_packages dist/lipsync_jax-0.1.0-py3-none-any.whl   # workers need lipsync_jax installed
 
-Per clip (one `tf.train.Example` from lipsync_jax.records):
-  probe -> 16 kHz mono audio -> mel (lipsync_jax.audio, exact original hparams) -> decode frames at 25 fps
-  -> detect a face per frame (lipsync_jax.face_detection) -> fill frames without a face from the nearest
+Per clip (one `tf.train.Example` from lipsync_jax.data.records):
+  probe -> 16 kHz mono audio -> mel (lipsync_jax.media.audio, exact original hparams) -> decode frames at 25 fps
+  -> detect a face per frame (lipsync_jax.media.detectors) -> fill frames without a face from the nearest
   detected frame -> pad (top, bottom, left, right) and clip -> smooth over 5 frames -> crop, resize to
   img_size -> JPEG (or raw) -> serialise.
 
@@ -36,7 +36,7 @@ Output directory protocol (safe to rerun into the same directory; a failed run l
 
 TFRecord files are standard (length, masked CRC-32C of the length, data, masked CRC-32C of the data; Beam
 computes CRC-32C with google-crc32c, python-snappy or crcmod — `apache-beam[tfrecord]` installs crcmod);
-they read with tf.data, grain.experimental.TFRecordIterDataset and lipsync_jax.records.parse_example.
+they read with tf.data, grain.experimental.TFRecordIterDataset and lipsync_jax.data.records.parse_example.
 
 Shards: `num_shards` per split if given, else ceil(clips / clips_per_shard). Records are spread over the
 shards by Beam (round robin from a random start), so which shard holds a clip may differ between runs; the
@@ -74,10 +74,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 import numpy as np
 
-from lipsync_jax import audio
-from lipsync_jax import face_detection
-from lipsync_jax import records
-from lipsync_jax import video
+from lipsync_jax.media import audio
+from lipsync_jax.media import detectors as face_detection
+from lipsync_jax.data import records
+from lipsync_jax.media import video
 from lipsync_jax import windows
 
 LOG = logging.getLogger("data_pipelines.preprocess")

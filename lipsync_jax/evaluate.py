@@ -233,17 +233,17 @@ def load_lse_inputs(video_path: str, face_crop: bool = False,
   """Frames as SyncNet v2 sees them (224x224; resampled to 25 fps if needed) and the 16 kHz audio.
 
   face_crop=False: whole frames resized (generated face videos, the LRS2 protocol of the Wav2Lip paper).
-  face_crop=True: faces detected (lipsync_jax.face_detection, boxes filled + smoothed) and cropped the way
+  face_crop=True: faces detected (lipsync_jax.media.detectors, boxes filled + smoothed) and cropped the way
   syncnet_python's pipeline crops face tracks (for real videos with a single speaker).
   """
-  from lipsync_jax import video
+  from lipsync_jax.media import video
   if not os.path.isfile(video_path):
     raise EvaluationError(f"video {video_path!r} not found")
   info = video.probe(video_path)
   if not info.has_audio:
     raise EvaluationError(f"video {video_path!r} has no audio track; LSE needs the speech audio")
   if face_crop:
-    from lipsync_jax import face_detection
+    from lipsync_jax.media import detectors as face_detection
     det = face_detection.get_detector(detector)
     raw = [det.detect_one(f) for f in video.iter_frames(video_path)]  # pass 1: boxes only
     if all(b is None for b in raw):
@@ -366,8 +366,8 @@ def expert_embeddings(face_crops, mel, variables, meta: dict, fps: float = 25.0,
 
 
 def detect_face_boxes(frames, detector: str = "haar", pads=(0, 10, 0, 0), smooth: bool = True):
-  """Boxes (N,4) int (x1,y1,x2,y2) for frames via lipsync_jax.face_detection, gaps filled, smoothed."""
-  from lipsync_jax import face_detection
+  """Boxes (N,4) int (x1,y1,x2,y2) for frames via lipsync_jax.media.detectors, gaps filled, smoothed."""
+  from lipsync_jax.media import detectors as face_detection
   det = face_detection.get_detector(detector)
   height, width = frames[0].shape[:2]
   raw = det.detect(list(frames))
@@ -383,7 +383,8 @@ def detect_face_boxes(frames, detector: str = "haar", pads=(0, 10, 0, 0), smooth
 
 def sync_video(video_path: str, expert_path: str, detector: str = "haar", box=None, batch_size: int = 64):
   """Our expert's sync scores for one video (faces detected, cropped to the expert's img_size)."""
-  from lipsync_jax import audio, face_detection, infer, video
+  from lipsync_jax.media import audio, detectors as face_detection, video
+  from lipsync_jax import infer
   variables, meta = infer.load_checkpoint(expert_path, "syncnet")
   img_size = int(meta.get("img_size", 96))
   if not os.path.isfile(video_path):
@@ -448,7 +449,7 @@ def mouth_psnr_ssim(generated: Iterable, reference: Iterable, boxes) -> dict:
 
 
 def recon_videos(generated_path: str, reference_path: str, detector: str = "haar", box=None) -> dict:
-  from lipsync_jax import video
+  from lipsync_jax.media import video
   for p in (generated_path, reference_path):
     if not os.path.isfile(p):
       raise EvaluationError(f"video {p!r} not found")

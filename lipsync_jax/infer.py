@@ -82,7 +82,7 @@ def load_checkpoint(path: str, kind: str = "wav2lip") -> tuple[dict, dict]:
     if meta.get("kind", kind) != kind:
       raise InferenceError(f"{path} holds a {meta.get('kind')!r} model; a {kind!r} model is needed here")
   else:
-    from lipsync_jax import checkpointing
+    from lipsync_jax.training import checkpointing
     variables, meta = checkpointing.load_model_variables(path, _WORKDIR_WHICH[kind])
   meta = dict(meta)
   if "width_multiplier" not in meta:
@@ -207,7 +207,7 @@ class FaceFrames:
 
   def __init__(self, path: str, static: bool = False, fps: float = 25.0, resize_factor: int = 1,
                rotate: bool = False, crop: Sequence[int] = (0, -1, 0, -1)):
-    from lipsync_jax import video
+    from lipsync_jax.media import video
     path = os.fspath(path)
     if not os.path.isfile(path):
       raise InferenceError(f"--face {path!r} does not exist; pass a video or an image")
@@ -247,7 +247,7 @@ class FaceFrames:
     return np.ascontiguousarray(frame)
 
   def _decode(self) -> Iterator[np.ndarray]:
-    from lipsync_jax import video
+    from lipsync_jax.media import video
     for frame in video.iter_frames(self.path):
       yield self.process(frame)
       if self.static:
@@ -292,7 +292,7 @@ class BoxTracker:
     self.frames_with_face = 0
 
   def add(self, raw_boxes):
-    from lipsync_jax import face_detection
+    from lipsync_jax.media import detectors as face_detection
     for box in raw_boxes:
       if box is None:
         self.padded.append(None)
@@ -301,7 +301,7 @@ class BoxTracker:
         self.padded.append(face_detection.pad_and_clip(box, self.pads, self.width, self.height))
 
   def finalize(self, end: bool) -> list:
-    from lipsync_jax import face_detection
+    from lipsync_jax.media import detectors as face_detection
     known, start = len(self.padded), self.num_final
     stop = known if end else known - max(self.window, 1)
     if stop <= start:
@@ -449,8 +449,8 @@ def lipsync(face: str, audio: str, variables, out: str, meta: Optional[dict] = N
   """
   from tqdm import tqdm
 
-  from lipsync_jax import audio as audio_lib
-  from lipsync_jax import face_detection, video
+  from lipsync_jax.media import audio as audio_lib
+  from lipsync_jax.media import detectors as face_detection, video
   meta = dict(meta or {})
   timer = StageTimer()
   wall_start = time.perf_counter()
@@ -562,7 +562,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="constant face box instead of detection")
   p.add_argument("--rotate", action="store_true", help="rotate frames 90 degrees clockwise")
   p.add_argument("--nosmooth", action="store_true", help="do not smooth boxes over 5 frames")
-  p.add_argument("--detector", default="haar", help="face detector name (lipsync_jax.face_detection)")
+  p.add_argument("--detector", default="haar", help="face detector name (lipsync_jax.media.detectors)")
   p.add_argument("--no_face", choices=NO_FACE_POLICIES, default="carry",
                  help="frames without a detected face: carry the nearest box, or pass the frame through")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",

@@ -1,4 +1,4 @@
-"""Entry point: flags, jax.distributed set-up, then lipsync_jax.train.train_and_evaluate. Nothing else.
+"""Entry point: flags, jax.distributed set-up, then lipsync_jax.training.loop.train_and_evaluate. Nothing else.
 
   python -m lipsync_jax.main --config=configs/gan.py:tiny --workdir=/tmp/gan_tiny
   python -m lipsync_jax.main --config=configs/gan.py --workdir=gs://bucket/run \
@@ -81,7 +81,7 @@ def main(argv):
     handler.addFilter(_QuietLibraries())
   initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
-  from lipsync_jax import train  # pylint: disable=g-import-not-at-top
+  from lipsync_jax.training import loop as train  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
   logging.info('JAX %s: %d %s device(s), %d process(es)', jax.__version__, jax.device_count(),

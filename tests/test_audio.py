@@ -1,4 +1,4 @@
-"""Tests for lipsync_jax.audio: the mel against an independent NumPy reference, framing, errors."""
+"""Tests for lipsync_jax.media.audio: the mel against an independent NumPy reference, framing, errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from lipsync_jax import audio
+from lipsync_jax.media import audio
 
 SR = 16000
 

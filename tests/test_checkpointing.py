@@ -1,4 +1,4 @@
-"""Tests of lipsync_jax.checkpointing: items, reading one network, corrupt-latest fallback, mismatches."""
+"""Tests of lipsync_jax.training.checkpointing: items, reading one network, corrupt-latest fallback, mismatches."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import struct
 
-from lipsync_jax import checkpointing
+from lipsync_jax.training import checkpointing
 
 from test_train import FakeStage, losses, run_fake  # the stand-in stage and data (tests/test_train.py)
 

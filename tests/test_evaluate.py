@@ -126,7 +126,7 @@ def test_syncnet_v2_full_size_key_names_match():
 
 
 def _write_clip(path, frames, wav, fps=25):
-  from lipsync_jax import video
+  from lipsync_jax.media import video
   h, w = frames[0].shape[:2]
   with video.VideoWriter(path, fps, w, h) as writer:
     for f in frames:

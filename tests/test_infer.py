@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from lipsync_jax import face_detection, infer, video
+from lipsync_jax.media import detectors as face_detection, video
+from lipsync_jax import infer
 
 WIDTH = 1 / 16  # tiny generator
 H, W = 120, 160
@@ -241,10 +242,10 @@ def test_cli_error_lines(tmp_path, tiny_generator, capsys):
 
 
 def test_load_checkpoint_from_training_workdir(tmp_path, tiny_generator):
-  """A generator-stage workdir written by lipsync_jax.checkpointing -> the generator variables + meta."""
+  """A generator-stage workdir written by lipsync_jax.training.checkpointing -> the generator variables + meta."""
   import flax.struct
   import jax.numpy as jnp
-  from lipsync_jax import checkpointing
+  from lipsync_jax.training import checkpointing
 
   class State(flax.struct.PyTreeNode):
     step: jnp.ndarray

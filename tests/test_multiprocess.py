@@ -31,7 +31,7 @@ class GlobalBatchData:
 
   def _dataset(self, shards_dir, split, mode, global_batch_size, seed, process_index, process_count):
     import jax
-    from lipsync_jax import input_pipeline
+    from lipsync_jax.data import pipeline as input_pipeline
     dataset, _ = input_pipeline.build_dataset(shards_dir, split, mode, global_batch_size, seed,
                                               process_index=0, process_count=1)
     rows = global_batch_size // process_count
@@ -63,7 +63,7 @@ def _worker(port, num_processes, process_id, workdir, shards_dir, out_path):
     jax.distributed.initialize(f'127.0.0.1:{port}', num_processes=int(num_processes),
                                process_id=int(process_id))
   from configs import gan
-  from lipsync_jax import train
+  from lipsync_jax.training import loop as train
   config = gan.get_config('tiny')
   config.data.shards_dir = shards_dir
   config.num_train_steps = STEPS

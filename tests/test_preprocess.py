@@ -1,6 +1,6 @@
 """Tests for data_pipelines.preprocess: the Beam pipeline end to end on tiny videos made here.
 
-Videos are written with lipsync_jax.video: every pixel of frame i has the value 20 + 4 i (before H.264),
+Videos are written with lipsync_jax.media.video: every pixel of frame i has the value 20 + 4 i (before H.264),
 so the decoded face crops prove frame order and the 30 -> 25 fps resampling; the 'fixed' detector keeps
 boxes known.
 """
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from data_pipelines import preprocess
-from lipsync_jax import face_detection
-from lipsync_jax import records
-from lipsync_jax import video
+from lipsync_jax.media import detectors as face_detection
+from lipsync_jax.data import records
+from lipsync_jax.media import video
 
 BOX = (40, 20, 120, 100)  # x1, y1, x2, y2 in the 160x120 source frames
 PADDED_BOX = (40, 20, 120, 110)  # default pads (0, 10, 0, 0)
@@ -185,7 +185,7 @@ def test_filelist_splits_rerun_and_settings_guard(corpus, tmp_path):
 
 def test_default_runner_haar_on_synthetic_corpus(tmp_path):
   """Default DirectRunner mode (multi_processing) with the default Haar detector on the demo faces."""
-  synthetic = pytest.importorskip("data_pipelines.synthetic")
+  synthetic = pytest.importorskip("lipsync_jax.data.synthetic")
   corpus = str(tmp_path / "demo")
   synthetic.make_corpus(corpus, num_clips=2, seconds=1.0, workers=1, progress=False)
   out = str(tmp_path / "shards")

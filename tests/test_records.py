@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lipsync_jax import records
+from lipsync_jax.data import records
 
 
 def _clip(num_frames=20, size=32, mel_steps=64, seed=0):

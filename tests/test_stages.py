@@ -1,4 +1,4 @@
-"""Tests of lipsync_jax.stages and lipsync_jax.losses: tiny widths, fixed tiny batches, CPU."""
+"""Tests of lipsync_jax.training.stages and lipsync_jax.training.losses: tiny widths, fixed tiny batches, CPU."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from lipsync_jax import losses
-from lipsync_jax import stages
+from lipsync_jax.training import losses
+from lipsync_jax.training import stages
 
 WIDTH = 1 / 32
 IMG = 96

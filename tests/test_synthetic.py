@@ -1,4 +1,4 @@
-"""Tests for data_pipelines.synthetic: determinism, audio-driven mouth only, corpus layout and splits."""
+"""Tests for lipsync_jax.data.synthetic: determinism, audio-driven mouth only, corpus layout and splits."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from data_pipelines import synthetic
-from lipsync_jax import audio, video
+from lipsync_jax.data import synthetic
+from lipsync_jax.media import audio, video
 
 
 def test_same_seed_same_audio_and_mouth_different_seed_differs():

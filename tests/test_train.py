@@ -1,4 +1,4 @@
-"""Tests of the training loop (lipsync_jax.train), configs and main: resume, preemption, traced sync weight,
+"""Tests of the training loop (lipsync_jax.training.loop), configs and main: resume, preemption, traced sync weight,
 non-finite loss, unknown config keys, bf16.
 
 Most tests use a stand-in stage (a tiny linen model on a grain dataset of random vectors) so the loop,
@@ -34,11 +34,11 @@ import pytest  # noqa: E402
 
 from configs import common, expert as expert_config, gan as gan_config  # noqa: E402
 from configs import generator as generator_config  # noqa: E402
-from lipsync_jax import train  # noqa: E402
+from lipsync_jax.training import loop as train  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------
-# A stand-in stage: same contract as lipsync_jax.stages (init / train_step / eval_step / sample_grid /
+# A stand-in stage: same contract as lipsync_jax.training.stages (init / train_step / eval_step / sample_grid /
 # schedule_update), a 2-layer MLP with BatchNorm regressing y from x.
 # ---------------------------------------------------------------------------------------------------------
 
@@ -213,7 +213,7 @@ def test_state_is_sharded_over_the_mesh_and_fsdp_runs(tmp_path):
 
 
 def test_fsdp_shards_the_largest_divisible_dim():
-  from lipsync_jax import sharding
+  from lipsync_jax.training import sharding
   from jax.sharding import PartitionSpec as P
   import ml_collections
   mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': -1, 'fsdp': 2}))
@@ -347,7 +347,7 @@ def test_real_stage_expert_bf16_two_steps(tmp_path, tiny_shards):
     config.data.global_batch_size = 8
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result.step == 2 and all(np.isfinite(r['loss']) for r in result.train_history)
-  from lipsync_jax import checkpointing
+  from lipsync_jax.training import checkpointing
   variables, meta = checkpointing.load_model_variables(tmp_path, 'expert')
   assert meta['compute_dtype'] == 'bfloat16' and meta['step'] == 2
   assert {x.dtype for x in jax.tree.leaves(variables)} == {np.dtype(np.float32)}
@@ -356,7 +356,8 @@ def test_real_stage_expert_bf16_two_steps(tmp_path, tiny_shards):
 @pytest.fixture(scope='module')
 def tiny_shards(tmp_path_factory):
   """A few random clips written straight to TFRecord shards (no video, no Beam): seconds to build."""
-  from lipsync_jax import input_pipeline, records
+  from lipsync_jax.data import pipeline as input_pipeline, records
+  from lipsync_jax.data import tfrecord
   root = tmp_path_factory.mktemp('tiny_shards')
   rng = np.random.default_rng(0)
   for split, count in (('train', 4), ('val', 2)):
@@ -368,7 +369,7 @@ def tiny_shards(tmp_path_factory):
                           mel=rng.normal(size=(80, n * 80 // 25 + 1)).astype(np.float32),
                           boxes=np.tile(np.array([[0, 0, 96, 96]], np.float32), (n, 1)))
       blobs.append(records.serialize_clip(clip, frame_format='raw'))
-    input_pipeline.write_tfrecord(os.path.join(root, records.shard_name(split, 0, 1)), blobs)
+    tfrecord.write_tfrecord(os.path.join(root, records.shard_name(split, 0, 1)), blobs)
   (root / 'dataset_info.json').write_text(json.dumps({'img_size': 96}))
   return str(root)
 

@@ -1,4 +1,4 @@
-"""Tests for lipsync_jax.video: H.264+AAC write/read round trip, probing, audio extraction, errors."""
+"""Tests for lipsync_jax.media.video: H.264+AAC write/read round trip, probing, audio extraction, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from lipsync_jax import audio, video
+from lipsync_jax.media import audio, video
 
 SR = 16000
 

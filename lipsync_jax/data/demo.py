@@ -1,6 +1,6 @@
 """The built-in demo corpus as training shards, built on first use into a cache directory.
 
-`ensure_demo_shards()` renders the synthetic talking-face corpus (data_pipelines.synthetic.make_corpus),
+`ensure_demo_shards()` renders the synthetic talking-face corpus (lipsync_jax.data.synthetic.make_corpus),
 preprocesses it like any other video corpus (data_pipelines.preprocess.run: face detection, crops, mels,
 TFRecord shards) and returns the shards directory. Later calls reuse it. The cache directory is
 $LIPSYNC_JAX_CACHE, else ~/.cache/lipsync_jax. Processes on one host that ask at the same time build it
@@ -44,7 +44,8 @@ def ensure_demo_shards(cache_dir: str | None = None, num_clips: int = DEFAULT_NU
     try:
       if os.path.isfile(os.path.join(shards_dir, INFO_FILE)):
         return shards_dir
-      from data_pipelines import preprocess, synthetic  # pylint: disable=g-import-not-at-top
+      from data_pipelines import preprocess  # pylint: disable=g-import-not-at-top
+      from lipsync_jax.data import synthetic  # pylint: disable=g-import-not-at-top
       start = time.time()
       logging.info('demo corpus: building %d synthetic clips (seed %d) into %s (first use; set $%s to '
                    'choose the cache dir)', num_clips, seed, raw_dir, CACHE_ENV)

@@ -1,7 +1,7 @@
 """The three training stages as pure functions: expert, generator (L1 + sync) and gan (+ quality disc).
 
 Owns: `TrainState`, the per-stage `init` / `train_step` / `eval_step` / `sample_grid` / `schedule_update`
-functions, and the `STAGES` registry (`get_stage(name)`). The train loop (lipsync_jax.train) jits these
+functions, and the `STAGES` registry (`get_stage(name)`). The train loop (lipsync_jax.training.loop) jits these
 with shardings; nothing here knows about devices, meshes or files.
 
 Spec (WAV2LIP_REFERENCE.md sections 2-4, 6, 7):
@@ -16,7 +16,7 @@ Spec (WAV2LIP_REFERENCE.md sections 2-4, 6, 7):
 - gan: G loss = w * sync + disc_wt * perceptual + (1 - w - disc_wt) * L1, perceptual = BCE(D(G(x)), 1);
   then, in the same step, the discriminator: BCE(D(y), 1) + BCE(D(stop_gradient(G(x))), 0), own Adam.
 
-Batches (lipsync_jax.input_pipeline): images uint8 BGR, turned into float x/255 inside the step (float
+Batches (lipsync_jax.data.pipeline): images uint8 BGR, turned into float x/255 inside the step (float
 images are taken as already scaled to [0, 1]). expert: faces (B, S/2, S, 15), mel (B, 80, 16, 1),
 label (B, 1). generator/gan (time-major): inputs (B, 5, S, S, 6), gt (B, 5, S, S, 3),
 indiv_mels (B, 5, 80, 16, 1), mel (B, 80, 16, 1).
@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from lipsync_jax import losses
+from lipsync_jax.training import losses
 from lipsync_jax import windows
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}

@@ -1,4 +1,4 @@
-"""Tests for lipsync_jax.input_pipeline on tiny shards made here.
+"""Tests for lipsync_jax.data.pipeline on tiny shards made here.
 
 Clips are "indexed" (see `indexed_clip`): every pixel of frame k is k, mel column t carries t in row 0 and
 the clip number in row 1, so a batch tells which clip, frames and mel columns it came from.
@@ -12,8 +12,10 @@ import grain
 import numpy as np
 import pytest
 
-from lipsync_jax import input_pipeline
-from lipsync_jax import records
+from lipsync_jax.data import pipeline as input_pipeline
+
+from lipsync_jax.data import tfrecord, sampling
+from lipsync_jax.data import records
 from lipsync_jax import windows
 
 IMG = 16  # tiny crops
@@ -36,7 +38,7 @@ def write_split(directory, split, clips, num_shards=2, frame_format="raw"):
   directory = str(directory)
   os.makedirs(directory, exist_ok=True)
   for shard in range(num_shards):
-    input_pipeline.write_tfrecord(
+    tfrecord.write_tfrecord(
         os.path.join(directory, records.shard_name(split, shard, num_shards)),
         [records.serialize_clip(c, frame_format=frame_format) for c in clips[shard::num_shards]])
   return directory
@@ -62,12 +64,12 @@ def assert_batches_equal(first, second):
       np.testing.assert_array_equal(x[key], y[key], err_msg=key)
 
 
-@pytest.mark.parametrize("mode", input_pipeline.MODES)
+@pytest.mark.parametrize("mode", sampling.MODES)
 def test_shapes_dtypes_ranges(shards_dir, mode):
   it = input_pipeline.make_train_iterator(shards_dir, "train", mode, global_batch_size=8, seed=0,
                                           process_index=0, process_count=2)
   batch = next(it)
-  spec = input_pipeline.element_spec(mode, 4, IMG)
+  spec = sampling.element_spec(mode, 4, IMG)
   assert batch.keys() == spec.keys()
   for key, (shape, dtype) in spec.items():
     assert batch[key].shape == shape, key
@@ -152,8 +154,8 @@ def test_jpeg_shards_decode_close_to_the_values(tmp_path):
 def test_short_mel_limits_the_windows(tmp_path):
   # 40 frames but only 80 mel steps: frame f's window fits while int(3.2 f) + 16 <= 80, i.e. f <= 20.
   write_split(tmp_path, "train", [indexed_clip(0, 40, mel_steps=80)], num_shards=1)
-  assert input_pipeline.window_start_range(40, 80, "expert") == (0, 20)
-  assert input_pipeline.window_start_range(40, 80, "generator") == (1, 17)
+  assert sampling.window_start_range(40, 80, "expert") == (0, 20)
+  assert sampling.window_start_range(40, 80, "generator") == (1, 17)
   it = input_pipeline.make_train_iterator(str(tmp_path), "train", "generator", 32, seed=0,
                                           process_index=0, process_count=1)
   starts = np.concatenate([b["gt"][:, 0, 0, 0, 0] for b in take(it, 4)])
@@ -163,8 +165,8 @@ def test_short_mel_limits_the_windows(tmp_path):
 def test_short_clips_are_skipped(tmp_path):
   clips = [indexed_clip(0, 15), indexed_clip(1, 30), indexed_clip(2, 10)]
   write_split(tmp_path, "train", clips, num_shards=1)
-  assert input_pipeline.window_start_range(15, 100, "expert") is None
-  assert input_pipeline.window_start_range(16, 100, "generator") == (1, 11)
+  assert sampling.window_start_range(15, 100, "expert") is None
+  assert sampling.window_start_range(16, 100, "generator") == (1, 11)
   it = input_pipeline.make_train_iterator(str(tmp_path), "train", "expert", 16, seed=0,
                                           process_index=0, process_count=1)
   seen = np.concatenate([b["mel"][:, 1, 0, 0] for b in take(it, 3)])
@@ -269,17 +271,17 @@ def test_truncated_shard_error_names_the_shard(tmp_path):
   path = os.path.join(tmp_path, records.shard_name("train", 0, 1))
   with open(path, "r+b") as f:
     f.truncate(os.path.getsize(path) - 100)
-  with pytest.raises(input_pipeline.ShardError, match=r"train-00000-of-00001\.tfrecord is corrupt.*record 1"):
+  with pytest.raises(tfrecord.ShardError, match=r"train-00000-of-00001\.tfrecord is corrupt.*record 1"):
     input_pipeline.make_train_iterator(str(tmp_path), "train", "expert", 2, seed=0, process_index=0,
                                        process_count=1)
 
 
 def test_corrupt_record_error_names_the_shard(tmp_path):
   path = os.path.join(tmp_path, records.shard_name("train", 0, 1))
-  input_pipeline.write_tfrecord(path, [b"\x0a\x07garbage" * 5] * 2)
+  tfrecord.write_tfrecord(path, [b"\x0a\x07garbage" * 5] * 2)
   it = input_pipeline.make_train_iterator(str(tmp_path), "train", "expert", 2, seed=0, img_size=IMG,
                                           process_index=0, process_count=1, num_threads=0)
-  with pytest.raises(input_pipeline.CorruptRecordError, match=r"train-00000-of-00001\.tfrecord record [01]"):
+  with pytest.raises(tfrecord.CorruptRecordError, match=r"train-00000-of-00001\.tfrecord record [01]"):
     next(it)
 
 
@@ -291,17 +293,17 @@ def test_data_crc_check_catches_flipped_bytes(tmp_path):
     byte = f.read(1)
     f.seek(-1, os.SEEK_CUR)
     f.write(bytes([byte[0] ^ 0xFF]))
-  source = input_pipeline.ClipRecords([path], verify_data_crc=True)
-  with pytest.raises(input_pipeline.CorruptRecordError, match="checksum"):
+  source = tfrecord.ClipRecords([path], verify_data_crc=True)
+  with pytest.raises(tfrecord.CorruptRecordError, match="checksum"):
     source[0]
-  assert input_pipeline.ClipRecords([path])[0].data  # without the check the bytes are served
+  assert tfrecord.ClipRecords([path])[0].data  # without the check the bytes are served
 
 
 def test_incomplete_shard_set_is_an_error(tmp_path):
   write_split(tmp_path, "train", [indexed_clip(i, 30) for i in range(3)], num_shards=3)
   os.remove(os.path.join(tmp_path, records.shard_name("train", 1, 3)))
-  with pytest.raises(input_pipeline.ShardError, match=r"incomplete.*missing indices \[1\]"):
-    input_pipeline.find_shards(str(tmp_path), "train")
+  with pytest.raises(tfrecord.ShardError, match=r"incomplete.*missing indices \[1\]"):
+    tfrecord.find_shards(str(tmp_path), "train")
 
 
 def test_worker_processes_give_the_same_batches(shards_dir):
@@ -319,7 +321,7 @@ def test_worker_processes_give_the_same_batches(shards_dir):
 def test_end_to_end_videos_to_preprocess_to_batches(tmp_path):
   """Videos (frame i is flat gray 20 + 4 i) -> Beam preprocessing -> batches whose frames and mels line up."""
   from data_pipelines import preprocess  # pylint: disable=import-outside-toplevel
-  from lipsync_jax import video  # pylint: disable=import-outside-toplevel
+  from lipsync_jax.media import video  # pylint: disable=import-outside-toplevel
 
   lengths = {"spk1/a": 40, "spk2/b": 30}
   for number, (clip_id, num_frames) in enumerate(lengths.items()):
@@ -334,7 +336,7 @@ def test_end_to_end_videos_to_preprocess_to_batches(tmp_path):
   preprocess.run(shards, input_glob=str(tmp_path / "videos" / "**" / "*.mp4"), img_size=32, num_shards=1,
                  detector="fixed", detector_kwargs={"box": (40, 20, 120, 100)}, direct_num_workers=1,
                  direct_running_mode="in_memory")
-  source = input_pipeline.ClipRecords(input_pipeline.find_shards(shards, "train"))
+  source = tfrecord.ClipRecords(tfrecord.find_shards(shards, "train"))
   clips = [records.parse_example(source[i].data) for i in range(len(source))]
   assert {c.clip_id: c.num_frames for c in clips} == lengths
 

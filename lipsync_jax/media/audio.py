@@ -98,7 +98,7 @@ def load_wav(path, sr: int = AUDIO_HPARAMS.sample_rate) -> np.ndarray:
 
   Formats libsndfile reads (wav, flac, ogg, mp3) are read with soundfile, mixed down and resampled with
   librosa (soxr_hq, librosa.load's default); anything else (e.g. the audio track of an .mp4) is decoded by
-  `lipsync_jax.video.read_audio` (PyAV). Missing or unreadable files raise `AudioError` naming the file.
+  `lipsync_jax.media.video.read_audio` (PyAV). Missing or unreadable files raise `AudioError` naming the file.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -106,7 +106,7 @@ def load_wav(path, sr: int = AUDIO_HPARAMS.sample_rate) -> np.ndarray:
   try:
     data, file_sr = soundfile.read(path, dtype="float32", always_2d=True)  # (n, channels)
   except (soundfile.LibsndfileError, RuntimeError, TypeError) as sndfile_error:
-    from lipsync_jax import video  # local import: PyAV is only needed for containers libsndfile can't read
+    from lipsync_jax.media import video  # local import: PyAV is only needed for containers libsndfile can't read
 
     try:
       return video.read_audio(path, sr=sr)

@@ -14,7 +14,7 @@ One example per clip, features:
   frames       bytes[] N entries, BGR
   boxes        int64[] N*4, face box (x1, y1, x2, y2) per frame in source-video pixels
   sample_rate  int64   16000
-  mel          bytes   float32 little-endian, shape (80, T), exactly lipsync_jax.audio.melspectrogram
+  mel          bytes   float32 little-endian, shape (80, T), exactly lipsync_jax.media.audio.melspectrogram
   mel_steps    int64   T
 """
 

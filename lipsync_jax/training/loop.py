@@ -4,7 +4,7 @@
   train step, metrics, eval + sync-weight schedule + sample grids, checkpoints, preemption.
 
 The same program runs on one CPU, an 8-GPU host and a TPU pod; lipsync_jax.main sets up jax.distributed.
-What a stage computes lives in lipsync_jax.stages; this file only moves data, state and metrics around.
+What a stage computes lives in lipsync_jax.training.stages; this file only moves data, state and metrics around.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from clu import metric_writers, periodic_actions
 from etils import epath
 from jax.experimental import multihost_utils
 
-from lipsync_jax import checkpointing, sharding
+from lipsync_jax.training import checkpointing, sharding
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 RANDOM_INIT_EXPERT = 'random-init'
@@ -67,13 +67,13 @@ def resolve_shards_dir(config) -> str:
   """config.data.shards_dir, or the built-in demo corpus (built into the cache dir on first use)."""
   if config.data.shards_dir:
     return str(config.data.shards_dir)
-  from lipsync_jax import demo_data  # pylint: disable=g-import-not-at-top
+  from lipsync_jax.data import demo as demo_data  # pylint: disable=g-import-not-at-top
   return demo_data.ensure_demo_shards(num_clips=config.data.demo_num_clips, img_size=config.data.img_size)
 
 
 def _expert_shapes(config):
   """Abstract SyncNet variables at the config's expert width (for shape checks and random init)."""
-  from lipsync_jax import stages  # pylint: disable=g-import-not-at-top
+  from lipsync_jax.training import stages  # pylint: disable=g-import-not-at-top
   settings = stages.StageSettings.from_config(config, config.stage)
   width = settings.expert_width_multiplier or settings.width_multiplier
   model = stages.expert_model(settings, width)
@@ -209,16 +209,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
   """Trains `config.stage` in `workdir` (resuming from its checkpoints) and returns a TrainResult.
 
   `stage` (a stages.Stage) and `data` (a module-like object with make_train_iterator / make_eval_batches)
-  default to lipsync_jax.stages.get_stage(config.stage) and lipsync_jax.input_pipeline.
+  default to lipsync_jax.training.stages.get_stage(config.stage) and lipsync_jax.data.pipeline.
   `record_batch_checksums` records a per-step sum of each local batch in the result (for tests that
   prove resumed runs see the same data; it costs a host pass over every batch, so it is off by default).
   """
   _validate(config)
   if stage is None:
-    from lipsync_jax import stages  # pylint: disable=g-import-not-at-top
+    from lipsync_jax.training import stages  # pylint: disable=g-import-not-at-top
     stage = stages.get_stage(config.stage)
   if data is None:
-    data = importlib.import_module('lipsync_jax.input_pipeline')
+    data = importlib.import_module('lipsync_jax.data.pipeline')
   workdir = os.fspath(workdir)
   is_chief = jax.process_index() == 0
   if is_chief:

@@ -1,11 +1,11 @@
-"""Tests for lipsync_jax.face_detection: the box utilities, the registry and the detectors."""
+"""Tests for lipsync_jax.media.detectors: the box utilities, the registry and the detectors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lipsync_jax import face_detection as fd
+from lipsync_jax.media import detectors as fd
 
 
 def _original_smoothing(boxes, window):
@@ -79,7 +79,7 @@ def test_registry_fixed_and_s3fd():
 
 
 def test_haar_finds_a_rendered_face_and_not_a_blank_frame():
-  synthetic = pytest.importorskip("data_pipelines.synthetic")
+  synthetic = pytest.importorskip("lipsync_jax.data.synthetic")
   spec = synthetic.ClipSpec("s000/00000", speaker_index=0, clip_index=0, seconds=0.2, seed=0)
   frames, _, _, true_boxes, _ = synthetic.render_clip(spec)
   frames = list(frames())

@@ -133,7 +133,7 @@ class S3FDDetector(FaceDetector):
         "the 's3fd' face detector is not bundled with lipsync_jax (its weights s3fd.pth cannot be "
         "downloaded here). Use detector='haar' (default) or 'fixed' with box=(x1, y1, x2, y2); to add S3FD, "
         "implement a FaceDetector subclass whose detect(frames) returns one (x1, y1, x2, y2) box or None per "
-        "frame and register it in lipsync_jax.face_detection.DETECTORS['s3fd'].")
+        "frame and register it in lipsync_jax.media.detectors.DETECTORS['s3fd'].")
 
 
 DETECTORS: dict[str, Callable[..., FaceDetector]] = {
