@@ -25,11 +25,9 @@ import time
 import cv2
 import numpy as np
 
-from lipsync_jax.data import pipeline as input_pipeline
-
-from lipsync_jax.data import tfrecord
-from lipsync_jax.data import records
 from lipsync_jax import windows
+from lipsync_jax.data import pipeline as input_pipeline
+from lipsync_jax.data import records, tfrecord
 
 ORIGINAL_SAMPLES_PER_S_PER_CORE = 92.0
 
@@ -46,24 +44,39 @@ def random_face_like_frames(rng: np.random.Generator, num_frames: int, img_size:
   return np.stack(frames)
 
 
-def build_corpus(out_dir: str, num_clips: int, seconds: float, img_size: int, num_shards: int,
-                 jpeg_quality: int, split: str = "train", frame_format: str = "jpeg") -> str:
+def build_corpus(
+  out_dir: str,
+  num_clips: int,
+  seconds: float,
+  img_size: int,
+  num_shards: int,
+  jpeg_quality: int,
+  split: str = "train",
+  frame_format: str = "jpeg",
+) -> str:
   rng = np.random.default_rng(0)
   num_frames = int(round(seconds * windows.FPS))
   mel_steps = int(windows.MEL_STEPS_PER_SECOND * seconds) + 1
   clips = []
   for i in range(num_clips):
-    clip = records.Clip(f"bench/{i:05d}", split, random_face_like_frames(rng, num_frames, img_size),
-                        rng.normal(-2, 1, (windows.NUM_MELS, mel_steps)).astype(np.float32),
-                        np.zeros((num_frames, 4)))
+    clip = records.Clip(
+      f"bench/{i:05d}",
+      split,
+      random_face_like_frames(rng, num_frames, img_size),
+      rng.normal(-2, 1, (windows.NUM_MELS, mel_steps)).astype(np.float32),
+      np.zeros((num_frames, 4)),
+    )
     clips.append(records.serialize_clip(clip, frame_format, jpeg_quality))
   for shard in range(num_shards):
-    tfrecord.write_tfrecord(os.path.join(out_dir, records.shard_name(split, shard, num_shards)),
-                                  clips[shard::num_shards])
+    tfrecord.write_tfrecord(
+      os.path.join(out_dir, records.shard_name(split, shard, num_shards)), clips[shard::num_shards]
+    )
   size = sum(len(c) for c in clips)
   what = f"JPEG q{jpeg_quality}" if frame_format == "jpeg" else "raw"
-  print(f"built {num_clips} clips x {num_frames} frames ({img_size} px {what}) in "
-        f"{num_shards} shards: {size / 1e6:.1f} MB, {size / num_clips / 1e3:.0f} KB per clip")
+  print(
+    f"built {num_clips} clips x {num_frames} frames ({img_size} px {what}) in "
+    f"{num_shards} shards: {size / 1e6:.1f} MB, {size / num_clips / 1e3:.0f} KB per clip"
+  )
   return out_dir
 
 
@@ -99,14 +112,16 @@ def measure_dtype_choice(iterator, mode: str, repeats: int = 20):
   """uint8 batches converted on device vs float32 batches converted on the host."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   batch = next(iterator)
   image_keys = [k for k, v in batch.items() if v.dtype == np.uint8]
 
   def host_to_float(b):
     return {k: (v.astype(np.float32) * np.float32(1 / 255) if k in image_keys else v) for k, v in b.items()}
 
-  on_device_to_float = jax.jit(lambda b: {k: (v.astype(jnp.float32) / 255 if k in image_keys else v)
-                                          for k, v in b.items()})
+  on_device_to_float = jax.jit(
+    lambda b: {k: (v.astype(jnp.float32) / 255 if k in image_keys else v) for k, v in b.items()}
+  )
   jax.block_until_ready(on_device_to_float(jax.device_put(batch)))  # compile
 
   def best(fn):
@@ -124,10 +139,12 @@ def measure_dtype_choice(iterator, mode: str, repeats: int = 20):
   u8_bytes = sum(v.nbytes for v in batch.values())
   f32_bytes = sum(v.nbytes for v in float_batch.values())
   b = len(next(iter(batch.values())))
-  print(f"  [{mode}] batch bytes uint8 {u8_bytes / 1e6:.2f} MB vs float32 {f32_bytes / 1e6:.2f} MB; "
-        f"host float conversion {host_ms:.2f} ms/batch ({host_ms * 1e3 / b:.0f} us/sample); "
-        f"on {jax.default_backend()}: put uint8 + convert on device {put_u8_ms:.2f} ms, "
-        f"put float32 {put_f32_ms:.2f} ms (+ the host conversion)")
+  print(
+    f"  [{mode}] batch bytes uint8 {u8_bytes / 1e6:.2f} MB vs float32 {f32_bytes / 1e6:.2f} MB; "
+    f"host float conversion {host_ms:.2f} ms/batch ({host_ms * 1e3 / b:.0f} us/sample); "
+    f"on {jax.default_backend()}: put uint8 + convert on device {put_u8_ms:.2f} ms, "
+    f"put float32 {put_f32_ms:.2f} ms (+ the host conversion)"
+  )
 
 
 def calibration(shards_dir: str, split: str) -> str:
@@ -145,8 +162,10 @@ def calibration(shards_dir: str, split: str) -> str:
 
   parse_us = cpu_us(lambda: records.parse_example(raw))
   decode_us = cpu_us(lambda: clip.frame(0))
-  return (f"calibration (CPU time): parse one {len(raw) / 1e3:.0f} KB record {parse_us:.0f} us, decode one "
-          f"{clip.img_size} px frame {decode_us:.0f} us")
+  return (
+    f"calibration (CPU time): parse one {len(raw) / 1e3:.0f} KB record {parse_us:.0f} us, decode one "
+    f"{clip.img_size} px frame {decode_us:.0f} us"
+  )
 
 
 def main(argv=None):
@@ -171,40 +190,59 @@ def main(argv=None):
   shards_dir = args.shards
   if not shards_dir:
     tmp = tempfile.TemporaryDirectory(prefix="input_bench_")
-    shards_dir = build_corpus(tmp.name, args.clips, args.clip_seconds, args.img_size, num_shards=4,
-                              jpeg_quality=args.jpeg_quality, split=args.split,
-                              frame_format=args.frame_format)
+    shards_dir = build_corpus(
+      tmp.name,
+      args.clips,
+      args.clip_seconds,
+      args.img_size,
+      num_shards=4,
+      jpeg_quality=args.jpeg_quality,
+      split=args.split,
+      frame_format=args.frame_format,
+    )
   print(f"cores: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f}")
   print(calibration(shards_dir, args.split))
   results = {}
   for mode in args.modes.split(","):
-    def make(**kwargs):
-      return input_pipeline.make_train_iterator(shards_dir, args.split, mode, args.batch_size, seed=0,
-                                                process_index=0, process_count=1, **kwargs)
+
+    def make(mode=mode, **kwargs):
+      return input_pipeline.make_train_iterator(
+        shards_dir, args.split, mode, args.batch_size, seed=0, process_index=0, process_count=1, **kwargs
+      )
 
     results[(mode, "1 process, synchronous")] = time_iterator(
-        make(num_threads=0), args.batch_size, args.seconds, warmup_batches=2)
+      make(num_threads=0), args.batch_size, args.seconds, warmup_batches=2
+    )
     results[(mode, f"1 process, {args.threads} threads")] = time_iterator(
-        make(num_threads=args.threads), args.batch_size, args.seconds, warmup_batches=2)
+      make(num_threads=args.threads), args.batch_size, args.seconds, warmup_batches=2
+    )
     for workers in [int(w) for w in args.workers.split(",") if int(w) > 0]:
       iterator = make(num_threads=1, worker_count=workers)
       results[(mode, f"{workers} worker processes")] = time_iterator(
-          iterator, args.batch_size, args.seconds, warmup_batches=4 * workers)
+        iterator, args.batch_size, args.seconds, warmup_batches=4 * workers
+      )
       iterator.close()
     for (m, config), (wall_rate, per_core) in results.items():
       if m == mode:
-        print(f"  [{mode}] {config:26s} {wall_rate:7.0f} samples/s wall, {per_core:6.0f} samples per "
-              f"CPU-second = per core ({per_core / ORIGINAL_SAMPLES_PER_S_PER_CORE:.1f}x the original's 92)")
+        print(
+          f"  [{mode}] {config:26s} {wall_rate:7.0f} samples/s wall, {per_core:6.0f} samples per "
+          f"CPU-second = per core ({per_core / ORIGINAL_SAMPLES_PER_S_PER_CORE:.1f}x the original's 92)"
+        )
     if not args.no_dtype:
       measure_dtype_choice(make(num_threads=0), mode)
   print(calibration(shards_dir, args.split))
   print(f"load average after: {os.getloadavg()[0]:.2f}")
-  best = max(per_core for (m, _), (_, per_core) in results.items() if m == "generator") if any(
-      m == "generator" for m, _ in results) else None
+  best = (
+    max(per_core for (m, _), (_, per_core) in results.items() if m == "generator")
+    if any(m == "generator" for m, _ in results)
+    else None
+  )
   if best is not None:
     verdict = "meets" if best >= 10 * ORIGINAL_SAMPLES_PER_S_PER_CORE else "misses"
-    print(f"generator: {best:.0f} samples/s/core best -> {verdict} the goal of "
-          f"{10 * ORIGINAL_SAMPLES_PER_S_PER_CORE:.0f}")
+    print(
+      f"generator: {best:.0f} samples/s/core best -> {verdict} the goal of "
+      f"{10 * ORIGINAL_SAMPLES_PER_S_PER_CORE:.0f}"
+    )
   if tmp is not None:
     tmp.cleanup()
   return 0

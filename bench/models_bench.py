@@ -91,8 +91,9 @@ def bench_model(kind: str, args) -> list[dict]:
     return sum(jnp.mean(jnp.square(o.astype(jnp.float32))) for o in jax.tree.leaves(out)), updates
 
   def forward_backward(variables, *inputs):
-    return jax.value_and_grad(loss, has_aux=True)(variables["params"], variables.get("batch_stats", {}),
-                                                  *inputs)
+    return jax.value_and_grad(loss, has_aux=True)(
+      variables["params"], variables.get("batch_stats", {}), *inputs
+    )
 
   rows = []
   for mode, fn in (("fwd", forward), ("fwd+bwd", forward_backward)):
@@ -101,8 +102,17 @@ def bench_model(kind: str, args) -> list[dict]:
     compile_s = time.perf_counter() - start
     flops = first_cost(compiled)
     step_s = time_call(compiled, (variables, *inputs), args.iters)
-    rows.append({"model": kind, "mode": mode, "batch": args.batch, "compile_s": compile_s, "step_s": step_s,
-                 "flops_per_sample": flops / args.batch, "flops_per_s": flops / step_s})
+    rows.append(
+      {
+        "model": kind,
+        "mode": mode,
+        "batch": args.batch,
+        "compile_s": compile_s,
+        "step_s": step_s,
+        "flops_per_sample": flops / args.batch,
+        "flops_per_s": flops / step_s,
+      }
+    )
     print(f"  done {kind} {mode}", flush=True)
   return rows
 
@@ -119,20 +129,26 @@ def main() -> None:
   args = parser.parse_args()
 
   device = jax.devices()[0]
-  print(f"backend={jax.default_backend()} device={device.device_kind} count={jax.device_count()} "
-        f"batch={args.batch} width={args.width} dtype={args.dtype} transpose_impl={args.transpose_impl}",
-        flush=True)
+  print(
+    f"backend={jax.default_backend()} device={device.device_kind} count={jax.device_count()} "
+    f"batch={args.batch} width={args.width} dtype={args.dtype} transpose_impl={args.transpose_impl}",
+    flush=True,
+  )
   rows = []
   for kind in args.models.split(","):
     rows += bench_model(kind.strip(), args)
-  header = (f"{'model':<8} {'mode':<8} {'batch':>5} {'compile s':>9} {'ms/step':>9} {'ms/sample':>9} "
-            f"{'GFLOP/sample':>12} {'GFLOP/s':>9}")
+  header = (
+    f"{'model':<8} {'mode':<8} {'batch':>5} {'compile s':>9} {'ms/step':>9} {'ms/sample':>9} "
+    f"{'GFLOP/sample':>12} {'GFLOP/s':>9}"
+  )
   print(header)
   print("-" * len(header))
   for r in rows:
-    print(f"{r['model']:<8} {r['mode']:<8} {r['batch']:>5} {r['compile_s']:>9.1f} {1e3 * r['step_s']:>9.1f} "
-          f"{1e3 * r['step_s'] / r['batch']:>9.2f} {r['flops_per_sample'] / 1e9:>12.3f} "
-          f"{r['flops_per_s'] / 1e9:>9.1f}")
+    print(
+      f"{r['model']:<8} {r['mode']:<8} {r['batch']:>5} {r['compile_s']:>9.1f} {1e3 * r['step_s']:>9.1f} "
+      f"{1e3 * r['step_s'] / r['batch']:>9.2f} {r['flops_per_sample'] / 1e9:>12.3f} "
+      f"{r['flops_per_s'] / 1e9:>9.1f}"
+    )
 
 
 if __name__ == "__main__":

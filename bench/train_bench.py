@@ -28,48 +28,72 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from lipsync_jax.training import stages
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+from configs import common  # noqa: E402  (the config schema, at the repository root)
+
 DEFAULT_BATCH = {'expert': 64, 'generator': 16, 'gan': 16}
 # Dense bf16 peak FLOP/s by device-kind substring (vendor datasheets; SXM parts for GPUs).
 PEAK_BF16_FLOPS = {
-    'H200': 989e12, 'H100': 989e12, 'A100': 312e12, 'L4': 121e12, 'A10': 125e12, 'V100': 125e12,
-    'TPU v6': 918e12, 'TPU v5p': 459e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v4': 275e12,
+  'H200': 989e12,
+  'H100': 989e12,
+  'A100': 312e12,
+  'L4': 121e12,
+  'A10': 125e12,
+  'V100': 125e12,
+  'TPU v6': 918e12,
+  'TPU v5p': 459e12,
+  'TPU v5 lite': 197e12,
+  'TPU v5e': 197e12,
+  'TPU v4': 275e12,
 }
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def bench_config(stage: str, width: float, dtype: str, impl: str) -> ml_collections.ConfigDict:
-  """The original hyper-parameters of `stage` (sync weight already on, so every loss term is computed)."""
-  c = ml_collections.ConfigDict()
-  c.stage = stage
-  c.seed = 0
-  c.model = dict(width_multiplier=width, compute_dtype=dtype, transpose_impl=impl)
-  c.data = dict(img_size=96)
+  """The schema (configs/common.py) with the original hyper-parameters of `stage` (sync weight already on,
+  so every loss term is computed)."""
+  c = common.base_config(stage)
+  c.model.update(dict(width_multiplier=width, compute_dtype=dtype, transpose_impl=impl))
+  c.data.img_size = 96
   gan = stage == 'gan'
-  c.optimizer = dict(lr=1e-4, b1=0.5 if gan else 0.9, b2=0.999, disc_lr=1e-4, disc_b1=0.5, disc_b2=0.999,
-                     grad_clip=0.0)
-  c.loss = dict(syncnet_wt_initial=0.03 if gan else 0.01, syncnet_wt_target=0.03 if gan else 0.01,
-                sync_trigger_threshold=0.75, disc_wt=0.07 if gan else 0.0, expert_bn='batch')
+  c.optimizer.update(
+    dict(lr=1e-4, b1=0.5 if gan else 0.9, b2=0.999, disc_lr=1e-4, disc_b1=0.5, disc_b2=0.999, grad_clip=0.0)
+  )
+  c.loss.update(
+    dict(
+      syncnet_wt_initial=0.03 if gan else 0.01,
+      syncnet_wt_target=0.03 if gan else 0.01,
+      sync_trigger_threshold=0.75,
+      disc_wt=0.07 if gan else 0.0,
+      expert_bn='batch',
+    )
+  )
   return c
 
 
 def make_batch(stage: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
   if stage == 'expert':
-    return {'faces': rng.integers(0, 256, (batch, 48, 96, 15), dtype=np.uint8),
-            'mel': rng.uniform(-4, 4, (batch, 80, 16, 1)).astype(np.float32),
-            'label': (rng.random((batch, 1)) < 0.5).astype(np.float32)}
+    return {
+      'faces': rng.integers(0, 256, (batch, 48, 96, 15), dtype=np.uint8),
+      'mel': rng.uniform(-4, 4, (batch, 80, 16, 1)).astype(np.float32),
+      'label': (rng.random((batch, 1)) < 0.5).astype(np.float32),
+    }
   gt = rng.integers(0, 256, (batch, 5, 96, 96, 3), dtype=np.uint8)
   masked = gt.copy()
   masked[:, :, 48:] = 0
-  return {'inputs': np.concatenate([masked, rng.integers(0, 256, gt.shape, dtype=np.uint8)], axis=-1),
-          'gt': gt, 'indiv_mels': rng.uniform(-4, 4, (batch, 5, 80, 16, 1)).astype(np.float32),
-          'mel': rng.uniform(-4, 4, (batch, 80, 16, 1)).astype(np.float32)}
+  return {
+    'inputs': np.concatenate([masked, rng.integers(0, 256, gt.shape, dtype=np.uint8)], axis=-1),
+    'gt': gt,
+    'indiv_mels': rng.uniform(-4, 4, (batch, 5, 80, 16, 1)).astype(np.float32),
+    'mel': rng.uniform(-4, 4, (batch, 80, 16, 1)).astype(np.float32),
+  }
 
 
 def xla_flops(compiled) -> float | None:
@@ -90,8 +114,9 @@ def peak_flops(device) -> float | None:
   return None
 
 
-def time_jax(stage_name: str, batch_size: int, width: float, dtype: str, impl: str, steps: int,
-             warmup: int) -> dict:
+def time_jax(
+  stage_name: str, batch_size: int, width: float, dtype: str, impl: str, steps: int, warmup: int
+) -> dict:
   stage = stages.get_stage(stage_name)
   config = bench_config(stage_name, width, dtype, impl)
   state = jax.jit(functools.partial(stage.init, config))(jax.random.key(0))
@@ -99,7 +124,8 @@ def time_jax(stage_name: str, batch_size: int, width: float, dtype: str, impl: s
   if stage.needs_expert:
     expert_config = bench_config('expert', width, dtype, impl)
     expert_vars = jax.jit(functools.partial(stages.get_stage('expert').init, expert_config))(
-        jax.random.key(1)).variables
+      jax.random.key(1)
+    ).variables
   batch = jax.device_put(make_batch(stage_name, batch_size))
   step = jax.jit(stage.train_step, donate_argnums=0)
   start = time.perf_counter()
@@ -114,8 +140,7 @@ def time_jax(stage_name: str, batch_size: int, width: float, dtype: str, impl: s
     state, metrics = compiled(state, batch, expert_vars)
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - start) / steps
-  result = {'compile_s': compile_s, 'step_s': step_s, 'flops': flops,
-            'loss': float(metrics['loss'])}
+  result = {'compile_s': compile_s, 'step_s': step_s, 'flops': flops, 'loss': float(metrics['loss'])}
   peak = peak_flops(jax.devices()[0])
   if flops and peak and jax.default_backend() != 'cpu':
     result['mfu'] = flops / step_s / peak
@@ -124,10 +149,12 @@ def time_jax(stage_name: str, batch_size: int, width: float, dtype: str, impl: s
 
 # ------------------------------------------------------------------------------------- PyTorch reference
 
+
 def torch_step_fn(stage_name: str, batch_np: dict[str, np.ndarray]):
   """The same training step in eager PyTorch (NCHW) on the reference models; returns a closure."""
   import torch
   import torch.nn.functional as F
+
   sys.path.insert(0, str(REPO / 'tests'))
   import torch_reference as ref  # pylint: disable=import-outside-toplevel
 
@@ -146,6 +173,7 @@ def torch_step_fn(stage_name: str, batch_np: dict[str, np.ndarray]):
       loss.backward()
       opt.step()
       return loss.item()
+
     return step
 
   gan = stage_name == 'gan'
@@ -186,6 +214,7 @@ def torch_step_fn(stage_name: str, batch_np: dict[str, np.ndarray]):
       fake.backward()
       disc_opt.step()
     return loss.item()
+
   return step
 
 
@@ -199,13 +228,23 @@ def time_torch(stage_name: str, batch_size: int, steps: int, warmup: int) -> dic
   return {'step_s': (time.perf_counter() - start) / steps, 'loss': loss}
 
 
-def time_torch_in_subprocess(stage_name: str, batch_size: int, steps: int, warmup: int,
-                             threads: int) -> dict:
+def time_torch_in_subprocess(stage_name: str, batch_size: int, steps: int, warmup: int, threads: int) -> dict:
   """`time_torch` in a fresh interpreter, so neither runtime's thread pool competes with the other's
   (measured here: PyTorch timed in the same process right after JAX ran 10-35% slower)."""
-  command = [sys.executable, str(pathlib.Path(__file__).resolve()), '--torch_worker', stage_name,
-             '--batch', str(batch_size), '--steps', str(steps), '--warmup', str(warmup),
-             '--torch_threads', str(threads)]
+  command = [
+    sys.executable,
+    str(pathlib.Path(__file__).resolve()),
+    '--torch_worker',
+    stage_name,
+    '--batch',
+    str(batch_size),
+    '--steps',
+    str(steps),
+    '--warmup',
+    str(warmup),
+    '--torch_threads',
+    str(threads),
+  ]
   out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
   return json.loads(out.strip().splitlines()[-1])
 
@@ -219,14 +258,19 @@ def main(argv=None) -> None:
   parser.add_argument('--warmup', type=int, default=1)
   parser.add_argument('--dtype', default='float32', choices=sorted(stages.COMPUTE_DTYPES))
   parser.add_argument('--impls', default='direct,phase', help="transposed-conv forms for generator/gan")
-  parser.add_argument('--torch', default='auto', choices=('auto', 'on', 'off'),
-                      help='eager PyTorch side-by-side (auto: on CPU at width 1)')
+  parser.add_argument(
+    '--torch',
+    default='auto',
+    choices=('auto', 'on', 'off'),
+    help='eager PyTorch side-by-side (auto: on CPU at width 1)',
+  )
   parser.add_argument('--torch_threads', type=int, default=0, help='0 = PyTorch default')
   parser.add_argument('--torch_worker', default='', help=argparse.SUPPRESS)  # internal: time one stage
   args = parser.parse_args(argv)
   if args.torch_worker:
     if args.torch_threads:
       import torch
+
       torch.set_num_threads(args.torch_threads)
     print(json.dumps(time_torch(args.torch_worker, args.batch, args.steps, args.warmup)))
     return
@@ -234,26 +278,38 @@ def main(argv=None) -> None:
   backend = jax.default_backend()
   device = jax.devices()[0]
   with_torch = args.torch == 'on' or (args.torch == 'auto' and backend == 'cpu' and args.width == 1.0)
-  print(f'backend {backend} ({getattr(device, "device_kind", "?")}, {jax.device_count()} devices), '
-        f'width {args.width}, dtype {args.dtype}, steps {args.steps} (+{args.warmup} warm-up), '
-        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}', flush=True)
-  header = (f'{"stage":<10}{"impl":<8}{"batch":>6}{"compile s":>11}{"step s":>10}{"steps/s":>9}'
-            f'{"samples/s":>11}{"GFLOP/step":>12}{"MFU":>7}{"torch s":>9}{"jax/torch":>10}')
+  print(
+    f'backend {backend} ({getattr(device, "device_kind", "?")}, {jax.device_count()} devices), '
+    f'width {args.width}, dtype {args.dtype}, steps {args.steps} (+{args.warmup} warm-up), '
+    f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}',
+    flush=True,
+  )
+  header = (
+    f'{"stage":<10}{"impl":<8}{"batch":>6}{"compile s":>11}{"step s":>10}{"steps/s":>9}'
+    f'{"samples/s":>11}{"GFLOP/step":>12}{"MFU":>7}{"torch s":>9}{"jax/torch":>10}'
+  )
   print(header, flush=True)
   for name in args.stages.split(','):
     batch = args.batch or DEFAULT_BATCH[name]
     impls = args.impls.split(',') if name != 'expert' else ['-']
-    torch_result = (time_torch_in_subprocess(name, batch, args.steps, args.warmup, args.torch_threads)
-                    if with_torch else None)
+    torch_result = (
+      time_torch_in_subprocess(name, batch, args.steps, args.warmup, args.torch_threads)
+      if with_torch
+      else None
+    )
     for impl in impls:
-      r = time_jax(name, batch, args.width, args.dtype, 'auto' if impl == '-' else impl, args.steps,
-                   args.warmup)
+      r = time_jax(
+        name, batch, args.width, args.dtype, 'auto' if impl == '-' else impl, args.steps, args.warmup
+      )
       flops = f'{r["flops"] / 1e9:.1f}' if r['flops'] else '-'
       mfu = f'{100 * r["mfu"]:.1f}%' if 'mfu' in r else '-'
       t_s = f'{torch_result["step_s"]:.3f}' if torch_result else '-'
       ratio = f'{r["step_s"] / torch_result["step_s"]:.2f}' if torch_result else '-'
-      print(f'{name:<10}{impl:<8}{batch:>6}{r["compile_s"]:>11.1f}{r["step_s"]:>10.3f}{1 / r["step_s"]:>9.2f}'
-            f'{batch / r["step_s"]:>11.1f}{flops:>12}{mfu:>7}{t_s:>9}{ratio:>10}', flush=True)
+      print(
+        f'{name:<10}{impl:<8}{batch:>6}{r["compile_s"]:>11.1f}{r["step_s"]:>10.3f}{1 / r["step_s"]:>9.2f}'
+        f'{batch / r["step_s"]:>11.1f}{flops:>12}{mfu:>7}{t_s:>9}{ratio:>10}',
+        flush=True,
+      )
 
 
 if __name__ == '__main__':

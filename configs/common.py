@@ -10,7 +10,7 @@ original Wav2Lip hyper-parameters, and offer variants through `get_config(arg)`:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import ml_collections
 
@@ -72,7 +72,7 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.mesh.param_sharding = 'replicated'  # 'replicated' | 'fsdp'
 
   # The frozen sync expert the generator stages need: a lipsync_jax variables dir
-  # (lipsync_jax.convert.save_variables), an expert training workdir, or an official .pth.
+  # (lipsync_jax.weights.save_variables), an expert training workdir, or an official .pth.
   # 'random-init' = a freshly initialised expert (smoke tests only; the sync loss is then meaningless).
   c.expert_checkpoint = ''
 
@@ -94,15 +94,55 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-def select_variant(arg: str | None, variants: dict[str, Callable[[ml_collections.ConfigDict], None]],
-                   config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def select_variant(
+  arg: str | None,
+  variants: dict[str, Callable[[ml_collections.ConfigDict], None]],
+  config: ml_collections.ConfigDict,
+) -> ml_collections.ConfigDict:
   """Applies the variant named by `arg` (None / '' = 'default') in place and returns the locked config."""
   name = arg or 'default'
   if name not in variants:
-    raise ValueError(f'Unknown config variant {name!r} for stage {config.stage!r}; '
-                     f'choose one of {sorted(variants)} (e.g. configs/{config.stage}.py:tiny).')
+    raise ValueError(
+      f'Unknown config variant {name!r} for stage {config.stage!r}; '
+      f'choose one of {sorted(variants)} (e.g. configs/{config.stage}.py:tiny).'
+    )
   variants[name](config)
   return finalize(config)
+
+
+def schedule(
+  c: ml_collections.ConfigDict,
+  *,
+  steps: int,
+  eval_every: int,
+  eval_batches: int,
+  checkpoint_every: int | None = None,
+  log_every: int | None = None,
+) -> None:
+  """The loop's cadence in one call: train steps, eval every / how many batches, checkpoint and log every."""
+  c.num_train_steps = steps
+  c.eval_every_steps = eval_every
+  c.eval_batches = eval_batches
+  c.checkpoint_every_steps = eval_every if checkpoint_every is None else checkpoint_every
+  if log_every is not None:
+    c.log_every_steps = log_every
+
+
+def demo_common(
+  c: ml_collections.ConfigDict,
+  *,
+  batch: int,
+  lr: float,
+  steps: int,
+  eval_every: int,
+  eval_batches: int,
+  log_every: int,
+) -> None:
+  """Shared settings of the `demo` variants: a 1/8-width model on the built-in demo corpus (CPU-sized)."""
+  c.model.width_multiplier = 1 / 8
+  c.data.global_batch_size = batch
+  c.optimizer.lr = lr
+  schedule(c, steps=steps, eval_every=eval_every, eval_batches=eval_batches, log_every=log_every)
 
 
 def tiny_common(c: ml_collections.ConfigDict) -> None:
@@ -110,10 +150,6 @@ def tiny_common(c: ml_collections.ConfigDict) -> None:
   c.model.width_multiplier = 1 / 32
   c.data.global_batch_size = 8
   c.data.demo_num_clips = 12
-  c.num_train_steps = 6
-  c.log_every_steps = 2
-  c.eval_every_steps = 3
-  c.eval_batches = 2
+  schedule(c, steps=6, eval_every=3, eval_batches=2, log_every=2)
   c.sample_grid_rows = 2
-  c.checkpoint_every_steps = 3
   c.keep_checkpoints = 2

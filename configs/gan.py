@@ -8,13 +8,7 @@ hyper-parameters + `tiny` / `demo` variants. Needs an expert:
 
 from __future__ import annotations
 
-try:
-  from configs import common
-except ModuleNotFoundError:  # loaded by path (config_flags) from outside the repository root
-  import importlib.util as _ilu, pathlib as _pl
-  _spec = _ilu.spec_from_file_location('configs.common', _pl.Path(__file__).with_name('common.py'))
-  common = _ilu.module_from_spec(_spec)
-  _spec.loader.exec_module(common)
+from configs import common
 
 
 def _default(c):
@@ -30,10 +24,7 @@ def _default(c):
   c.loss.sync_trigger_threshold = 0.75
   c.loss.disc_wt = 0.07
   c.loss.expert_bn = 'batch'
-  c.num_train_steps = 260_000
-  c.eval_every_steps = 3000
-  c.eval_batches = 300
-  c.checkpoint_every_steps = 3000
+  common.schedule(c, steps=260_000, eval_every=3000, eval_batches=300)
 
 
 def _tiny(c):
@@ -44,15 +35,8 @@ def _tiny(c):
 
 def _demo(c):
   _default(c)
-  c.model.width_multiplier = 1 / 8
-  c.data.global_batch_size = 8
-  c.optimizer.lr = 5e-4
+  common.demo_common(c, batch=8, lr=5e-4, steps=1000, eval_every=200, eval_batches=8, log_every=25)
   c.optimizer.disc_lr = 1e-4  # at 5e-4 the discriminator collapsed to a constant 0.5 by step ~700
-  c.num_train_steps = 1000
-  c.log_every_steps = 25
-  c.eval_every_steps = 200
-  c.eval_batches = 8
-  c.checkpoint_every_steps = 200
 
 
 VARIANTS = {'default': _default, 'tiny': _tiny, 'demo': _demo}

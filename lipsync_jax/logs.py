@@ -9,9 +9,10 @@ on `import lipsync_jax`):
                                summaries here, never for compute)
 
 Both are `setdefault`s: a value the user set wins. `setup(verbosity)`:
-  verbosity 0 (default)  our own INFO lines; third-party loggers (orbax, Beam, grain, jax's backend probe,
-                         absl-routed library INFO, ...) only from WARNING (Beam and jax's 'tpu' probe only
-                         from ERROR: their warnings on a CPU machine are not actionable)
+  verbosity 0 (default)  our own INFO lines (lipsync_jax logs through the standard `logging` tree); the
+                         'absl' logger, through which orbax, grain and clu log, and other third-party
+                         loggers only from WARNING (Beam and jax's 'tpu' probe only from ERROR: their
+                         warnings on a CPU machine are not actionable)
   verbosity >= 1         everything at INFO, as the libraries log it (absl's `--verbosity=1`, or `-v`)
 """
 
@@ -22,22 +23,23 @@ import os
 
 # Loggers whose INFO (or WARNING) lines are noise at verbosity 0, and the level they get then.
 THIRD_PARTY_LEVELS = {
-    'absl': logging.INFO,  # our own modules log through the std logging tree; absl's handler prints them
-    'orbax': logging.WARNING,
-    'grain': logging.WARNING,
-    'jax._src.xla_bridge': logging.ERROR,  # "Unable to initialize backend 'tpu'" on a CPU machine
-    'jax._src.distributed': logging.WARNING,
-    'jax._src.compilation_cache': logging.WARNING,
-    'apache_beam': logging.ERROR,
-    'root': logging.INFO,
-    'tensorflow': logging.ERROR,
-    'h5py': logging.WARNING,
-    'matplotlib': logging.WARNING,
-    'PIL': logging.WARNING,
-    'numba': logging.WARNING,
+  'absl': logging.WARNING,  # libraries that log through absl (orbax: 'Restoring checkpoint ...')
+  'orbax': logging.WARNING,
+  'grain': logging.WARNING,
+  'jax._src.xla_bridge': logging.ERROR,  # "Unable to initialize backend 'tpu'" on a CPU machine
+  'jax._src.distributed': logging.WARNING,
+  'jax._src.compilation_cache': logging.WARNING,
+  'apache_beam': logging.ERROR,
+  'root': logging.INFO,
+  'tensorflow': logging.ERROR,
+  'h5py': logging.WARNING,
+  'matplotlib': logging.WARNING,
+  'PIL': logging.WARNING,
+  'numba': logging.WARNING,
 }
-# Messages that libraries log on the root logger at WARNING although nothing is wrong for our use.
-_ROOT_NOISE = ('apitools not found',)
+# Warnings libraries log although nothing is wrong for our use: Beam's import-time 'apitools' notice, and
+# orbax's notice each time a checkpoint is opened read-only (loading the frozen expert from a workdir).
+_ROOT_NOISE = ('apitools not found', 'Given directory is read only')
 
 
 def quiet_environment() -> None:
@@ -51,6 +53,16 @@ class _DropKnownNoise(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     return not any(text in str(record.msg) for text in _ROOT_NOISE)
+
+
+def add_verbosity_flag(parser) -> None:
+  """The `--verbosity` flag of the argparse CLIs (training's comes from absl and means the same)."""
+  parser.add_argument(
+    '--verbosity',
+    type=int,
+    default=0,
+    help="0: this tool's progress and results only; 1: third-party libraries' logs too",
+  )
 
 
 def setup(verbosity: int = 0) -> None:

@@ -1,4 +1,6 @@
-"""Entry point: flags, jax.distributed set-up, then lipsync_jax.training.loop.train_and_evaluate. Nothing else.
+"""Entry point of training. Owns the flags, the logging set-up (lipsync_jax.logs, by absl's --verbosity:
+quiet by default, --verbosity=1 for every library's INFO), jax.distributed set-up, then
+lipsync_jax.training.loop.train_and_evaluate. Nothing else.
 
   python -m lipsync_jax.main --config=configs/gan.py:tiny --workdir=/tmp/gan_tiny
   python -m lipsync_jax.main --config=configs/gan.py --workdir=gs://bucket/run \
@@ -12,24 +14,33 @@ environment variables). On CPU, multi-process collectives use gloo.
 
 from __future__ import annotations
 
-import logging as std_logging
+import logging
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from lipsync_jax import logs
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard logs and config.')
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Training config file, e.g. configs/gan.py or configs/gan.py:tiny.', lock_config=True)
+  'config', None, 'Training config file, e.g. configs/gan.py or configs/gan.py:tiny.', lock_config=True
+)
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Total number of processes (multi-process).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index (multi-process).')
 _PLATFORM = flags.DEFINE_string('platform', None, 'Force a JAX platform (cpu, gpu, tpu); default: best.')
 flags.mark_flags_as_required(['config', 'workdir'])
+log = logging.getLogger('lipsync_jax.main')
 
 # Environment variables that mean "launched as one of several processes" (cluster auto-detection).
-_CLUSTER_ENV = ('SLURM_JOB_ID', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS',
-                'OMPI_COMM_WORLD_SIZE', 'JAX_COORDINATOR_ADDRESS')
+_CLUSTER_ENV = (
+  'SLURM_JOB_ID',
+  'TPU_WORKER_HOSTNAMES',
+  'MEGASCALE_COORDINATOR_ADDRESS',
+  'OMPI_COMM_WORLD_SIZE',
+  'JAX_COORDINATOR_ADDRESS',
+)
 
 
 def _explicit_process_flags() -> dict:
@@ -54,6 +65,7 @@ def _multi_process_requested() -> bool:
 def initialize_distributed() -> None:
   """jax.distributed.initialize() from flags, or from the cluster environment (TPU pod, SLURM, MPI)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   if _PLATFORM.value:
     jax.config.update('jax_platforms', _PLATFORM.value)
   if not _multi_process_requested():
@@ -62,33 +74,39 @@ def initialize_distributed() -> None:
   if platform.startswith('cpu'):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(**_explicit_process_flags())  # {} -> cluster auto-detection
-  logging.info('jax.distributed: process %d of %d, %d local / %d global devices', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
-
-
-class _QuietLibraries(std_logging.Filter):
-  """Drops INFO chatter of orbax (dozens of lines per save); its warnings and errors still show."""
-
-  def filter(self, record):
-    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+  log.info(
+    'jax.distributed: process %d of %d, %d local / %d global devices',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  std_logging.getLogger('absl').setLevel(std_logging.INFO)
-  for handler in std_logging.getLogger().handlers:
-    handler.addFilter(_QuietLibraries())
+  logs.setup(flags.FLAGS.verbosity)
   initialize_distributed()
-  import jax  # pylint: disable=g-import-not-at-top
-  from lipsync_jax.training import loop as train  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=import-outside-toplevel  (after --platform is applied)
+
+  from lipsync_jax.training import loop  # pylint: disable=import-outside-toplevel
+
   if jax.process_index() != 0:
-    logging.set_verbosity(logging.WARNING)
-  logging.info('JAX %s: %d %s device(s), %d process(es)', jax.__version__, jax.device_count(),
-               jax.devices()[0].platform, jax.process_count())
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  logging.info('Done at step %d%s.', result.step, ' (preempted; rerun the same command to resume)'
-               if result.preempted else '')
+    logging.getLogger().setLevel(logging.WARNING)  # one process reports; the others only warn
+  log.info(
+    'JAX %s: %d %s device(s), %d process(es)',
+    jax.__version__,
+    jax.device_count(),
+    jax.devices()[0].platform,
+    jax.process_count(),
+  )
+  result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  log.info(
+    'Done at step %d%s.',
+    result.step,
+    ' (preempted; rerun the same command to resume)' if result.preempted else '',
+  )
 
 
 if __name__ == '__main__':

@@ -24,22 +24,22 @@ def mel_window(mel, frame: int, fps: float = FPS):
   start = mel_window_start(frame, fps)
   if start < 0 or start + MEL_STEPS > mel.shape[-1]:
     return None
-  return mel[..., start:start + MEL_STEPS]
+  return mel[..., start : start + MEL_STEPS]
 
 
 def lower_half(faces):
   """Rows H//2..H of NHWC faces (works for (..., H, W, C))."""
   height = faces.shape[-3]
-  return faces[..., height // 2:, :, :]
+  return faces[..., height // 2 :, :, :]
 
 
 def mask_lower_half(faces):
   """A copy of NHWC faces with rows H//2..H set to 0 (the generator's masked target input)."""
   height = faces.shape[-3]
   if hasattr(faces, "at"):  # jax.Array
-    return faces.at[..., height // 2:, :, :].set(0)
+    return faces.at[..., height // 2 :, :, :].set(0)
   masked = faces.copy()
-  masked[..., height // 2:, :, :] = 0
+  masked[..., height // 2 :, :, :] = 0
   return masked
 
 

@@ -39,6 +39,7 @@ def _backend_started() -> bool:
     return False
   try:
     from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+
     return bool(xla_bridge.backends_are_initialized())
   except Exception:  # pylint: disable=broad-except  # private API: if it moved, assume not started
     return False
@@ -58,8 +59,11 @@ def apply_default_xla_flags(environ=None, jaxlib_version: str | None = None) -> 
   if not added:
     return []
   if environ is os.environ and _backend_started():
-    logging.warning('lipsync_jax: JAX already started its backend, so the default XLA:CPU flags %s are not '
-                    'applied (import lipsync_jax before running JAX code, or set them in XLA_FLAGS).', added)
+    logging.warning(
+      'lipsync_jax: JAX already started its backend, so the default XLA:CPU flags %s are not '
+      'applied (import lipsync_jax before running JAX code, or set them in XLA_FLAGS).',
+      added,
+    )
     return []
   environ['XLA_FLAGS'] = ' '.join([current, *added]).strip()
   return added

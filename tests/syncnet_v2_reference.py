@@ -22,30 +22,44 @@ class SyncNetV2Torch(nn.Module):
     super().__init__()
     c = lambda n: max(1, int(round(n * width)))  # noqa: E731
     self.netcnnaud = nn.Sequential(
-        nn.Conv2d(1, c(64), (3, 3), (1, 1), (1, 1)), *_bn_relu(nn.BatchNorm2d, c(64)),
-        nn.MaxPool2d((1, 1), (1, 1)),
-        nn.Conv2d(c(64), c(192), (3, 3), (1, 1), (1, 1)), *_bn_relu(nn.BatchNorm2d, c(192)),
-        nn.MaxPool2d((3, 3), (1, 2)),
-        nn.Conv2d(c(192), c(384), (3, 3), padding=(1, 1)), *_bn_relu(nn.BatchNorm2d, c(384)),
-        nn.Conv2d(c(384), c(256), (3, 3), padding=(1, 1)), *_bn_relu(nn.BatchNorm2d, c(256)),
-        nn.Conv2d(c(256), c(256), (3, 3), padding=(1, 1)), *_bn_relu(nn.BatchNorm2d, c(256)),
-        nn.MaxPool2d((3, 3), (2, 2)),
-        nn.Conv2d(c(256), c(512), (5, 4), padding=(0, 0)), *_bn_relu(nn.BatchNorm2d, c(512)),
+      nn.Conv2d(1, c(64), (3, 3), (1, 1), (1, 1)),
+      *_bn_relu(nn.BatchNorm2d, c(64)),
+      nn.MaxPool2d((1, 1), (1, 1)),
+      nn.Conv2d(c(64), c(192), (3, 3), (1, 1), (1, 1)),
+      *_bn_relu(nn.BatchNorm2d, c(192)),
+      nn.MaxPool2d((3, 3), (1, 2)),
+      nn.Conv2d(c(192), c(384), (3, 3), padding=(1, 1)),
+      *_bn_relu(nn.BatchNorm2d, c(384)),
+      nn.Conv2d(c(384), c(256), (3, 3), padding=(1, 1)),
+      *_bn_relu(nn.BatchNorm2d, c(256)),
+      nn.Conv2d(c(256), c(256), (3, 3), padding=(1, 1)),
+      *_bn_relu(nn.BatchNorm2d, c(256)),
+      nn.MaxPool2d((3, 3), (2, 2)),
+      nn.Conv2d(c(256), c(512), (5, 4), padding=(0, 0)),
+      *_bn_relu(nn.BatchNorm2d, c(512)),
     )
-    self.netfcaud = nn.Sequential(nn.Linear(c(512), c(512)), nn.BatchNorm1d(c(512)), nn.ReLU(),
-                                  nn.Linear(c(512), embed_dim))
-    self.netfclip = nn.Sequential(nn.Linear(c(512), c(512)), nn.BatchNorm1d(c(512)), nn.ReLU(),
-                                  nn.Linear(c(512), embed_dim))
+    self.netfcaud = nn.Sequential(
+      nn.Linear(c(512), c(512)), nn.BatchNorm1d(c(512)), nn.ReLU(), nn.Linear(c(512), embed_dim)
+    )
+    self.netfclip = nn.Sequential(
+      nn.Linear(c(512), c(512)), nn.BatchNorm1d(c(512)), nn.ReLU(), nn.Linear(c(512), embed_dim)
+    )
     self.netcnnlip = nn.Sequential(
-        nn.Conv3d(3, c(96), (5, 7, 7), (1, 2, 2), 0), *_bn_relu(nn.BatchNorm3d, c(96)),
-        nn.MaxPool3d((1, 3, 3), (1, 2, 2)),
-        nn.Conv3d(c(96), c(256), (1, 5, 5), (1, 2, 2), (0, 1, 1)), *_bn_relu(nn.BatchNorm3d, c(256)),
-        nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
-        nn.Conv3d(c(256), c(256), (1, 3, 3), padding=(0, 1, 1)), *_bn_relu(nn.BatchNorm3d, c(256)),
-        nn.Conv3d(c(256), c(256), (1, 3, 3), padding=(0, 1, 1)), *_bn_relu(nn.BatchNorm3d, c(256)),
-        nn.Conv3d(c(256), c(256), (1, 3, 3), padding=(0, 1, 1)), *_bn_relu(nn.BatchNorm3d, c(256)),
-        nn.MaxPool3d((1, 3, 3), (1, 2, 2)),
-        nn.Conv3d(c(256), c(512), (1, 6, 6), padding=0), *_bn_relu(nn.BatchNorm3d, c(512)),
+      nn.Conv3d(3, c(96), (5, 7, 7), (1, 2, 2), 0),
+      *_bn_relu(nn.BatchNorm3d, c(96)),
+      nn.MaxPool3d((1, 3, 3), (1, 2, 2)),
+      nn.Conv3d(c(96), c(256), (1, 5, 5), (1, 2, 2), (0, 1, 1)),
+      *_bn_relu(nn.BatchNorm3d, c(256)),
+      nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
+      nn.Conv3d(c(256), c(256), (1, 3, 3), padding=(0, 1, 1)),
+      *_bn_relu(nn.BatchNorm3d, c(256)),
+      nn.Conv3d(c(256), c(256), (1, 3, 3), padding=(0, 1, 1)),
+      *_bn_relu(nn.BatchNorm3d, c(256)),
+      nn.Conv3d(c(256), c(256), (1, 3, 3), padding=(0, 1, 1)),
+      *_bn_relu(nn.BatchNorm3d, c(256)),
+      nn.MaxPool3d((1, 3, 3), (1, 2, 2)),
+      nn.Conv3d(c(256), c(512), (1, 6, 6), padding=0),
+      *_bn_relu(nn.BatchNorm3d, c(512)),
     )
 
   def forward_aud(self, x):  # (N, 1, 13, 20)

@@ -32,7 +32,7 @@ def reference_mel(wav: np.ndarray, pad_mode: str = "reflect") -> np.ndarray:
   padded = np.pad(y, n_fft // 2, mode=pad_mode)
   num_frames = 1 + (padded.size - n_fft) // hop
   window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
-  frames = np.stack([padded[i * hop:i * hop + n_fft] * window for i in range(num_frames)], axis=1)
+  frames = np.stack([padded[i * hop : i * hop + n_fft] * window for i in range(num_frames)], axis=1)
   magnitude = np.abs(np.fft.rfft(frames, axis=0))
   basis = librosa.filters.mel(sr=SR, n_fft=n_fft, n_mels=80, fmin=55, fmax=7600)  # only the filterbank
   mel = basis.astype(np.float64) @ magnitude

@@ -10,10 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import struct
+from test_train import FakeStage, losses, run_fake  # the stand-in stage and data (tests/test_train.py)
 
 from lipsync_jax.training import checkpointing
-
-from test_train import FakeStage, losses, run_fake  # the stand-in stage and data (tests/test_train.py)
 
 
 class KeyState(struct.PyTreeNode):
@@ -28,9 +27,15 @@ class KeyState(struct.PyTreeNode):
 
 
 def test_split_and_merge_round_trip_with_typed_keys_and_disc():
-  state = KeyState(step=jnp.int32(3), params={'w': jnp.ones((2, 3))}, batch_stats={'m': jnp.zeros(3)},
-                   opt_state=(jnp.ones(2),), rng=jax.random.key(7), disc_params={'d': jnp.arange(4.0)},
-                   disc_opt_state=(jnp.zeros(1),))
+  state = KeyState(
+    step=jnp.int32(3),
+    params={'w': jnp.ones((2, 3))},
+    batch_stats={'m': jnp.zeros(3)},
+    opt_state=(jnp.ones(2),),
+    rng=jax.random.key(7),
+    disc_params={'d': jnp.arange(4.0)},
+    disc_opt_state=(jnp.zeros(1),),
+  )
   items = checkpointing.split_state(state)
   assert set(items) == {'model', 'disc', 'train'}
   assert set(items['model']) == {'params', 'batch_stats'} and set(items['disc']) == {'params'}
@@ -92,8 +97,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
   assert any('step 4' in r.getMessage() and 'corrupt' in r.getMessage() for r in caplog.records)
   kept = os.listdir(workdir / checkpointing.CORRUPT_DIR)
   assert len(kept) == 1 and kept[0].startswith('4-')  # moved aside, not deleted
-  np.testing.assert_allclose([losses(resumed)[s] for s in (3, 4, 5, 6)],
-                             [losses(straight)[s] for s in (3, 4, 5, 6)], atol=1e-6)
+  np.testing.assert_allclose(
+    [losses(resumed)[s] for s in (3, 4, 5, 6)], [losses(straight)[s] for s in (3, 4, 5, 6)], atol=1e-6
+  )
   assert sorted(int(s) for s in os.listdir(workdir / 'checkpoints') if s.isdigit())[-1] == 6
 
 

@@ -1,4 +1,5 @@
-"""Tests for lipsync_jax.convert: official-format loading, exact round trips, clear errors, orbax, CLI."""
+"""Tests for the official .pth mapping (lipsync_jax.weights: loading, exact round trips, clear errors) and
+the convert CLI (variables directories, one-line errors)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ import jax
 import numpy as np
 import pytest
 import torch
-
-from lipsync_jax import convert
-from lipsync_jax.convert import CheckpointError
-from lipsync_jax.models import MODELS, example_inputs
-
 import torch_reference as tr  # tests/ is on sys.path under pytest (rootdir conftest)
+
+from lipsync_jax import convert, weights
+from lipsync_jax.models import MODELS, example_inputs
+from lipsync_jax.weights import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def disc_ref():
 
 
 def assert_trees_equal(a, b):
-  flat_a, flat_b = convert._flatten(a), convert._flatten(b)  # pylint: disable=protected-access
+  flat_a, flat_b = weights.flatten(a), weights.flatten(b)
   assert flat_a.keys() == flat_b.keys()
   for key in flat_a:
     np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), err_msg=str(key))
@@ -39,38 +39,42 @@ def assert_trees_equal(a, b):
 def test_wrapped_prefixed_and_bare_files_load_the_same(syncnet_ref, tmp_path):
   tr.save_official(syncnet_ref, tmp_path / "official.pth")
   tr.save_official(syncnet_ref, tmp_path / "bare.pth", wrapped=False, data_parallel=False)
-  official = convert.load_torch_checkpoint(tmp_path / "official.pth", "syncnet")
-  bare = convert.load_torch_checkpoint(tmp_path / "bare.pth", "syncnet")
+  official = weights.load(tmp_path / "official.pth", "syncnet")[0]
+  bare = weights.load(tmp_path / "bare.pth", "syncnet")[0]
   assert_trees_equal(official, bare)
   assert set(official) == {"params", "batch_stats"}
-  np.testing.assert_array_equal(official["batch_stats"]["face_encoder_3"]["bn"]["var"],
-                                syncnet_ref.face_encoder[3].conv_block[1].running_var.numpy())
+  np.testing.assert_array_equal(
+    official["batch_stats"]["face_encoder_3"]["bn"]["var"],
+    syncnet_ref.face_encoder[3].conv_block[1].running_var.numpy(),
+  )
   torch_kernel = syncnet_ref.audio_encoder[0].conv_block[0].weight.detach().numpy()
-  np.testing.assert_array_equal(official["params"]["audio_encoder_0"]["conv"]["kernel"],
-                                torch_kernel.transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+    official["params"]["audio_encoder_0"]["conv"]["kernel"], torch_kernel.transpose(2, 3, 1, 0)
+  )
 
 
 @pytest.mark.parametrize("kind", ["syncnet", "wav2lip", "disc"])
 def test_round_trip_is_exact_and_loads_into_pytorch(kind):
   model = tr.randomize(tr.REFERENCES[kind](), seed=7)
-  variables = convert.torch_state_dict_to_variables(kind, model.state_dict())
-  state = convert.variables_to_torch_state_dict(kind, variables)
+  variables = weights.torch_state_dict_to_variables(kind, model.state_dict())
+  state = weights.variables_to_torch_state_dict(kind, variables)
   reference = model.state_dict()
   assert set(state) == set(reference)
   for key, value in reference.items():
     if not key.endswith("num_batches_tracked"):
       np.testing.assert_array_equal(state[key], value.numpy(), err_msg=key)
-  assert_trees_equal(convert.torch_state_dict_to_variables(kind, state), variables)
+  assert_trees_equal(weights.torch_state_dict_to_variables(kind, state), variables)
   fresh = tr.REFERENCES[kind]()
   fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=True)
 
 
 def test_width_multiplier_is_inferred_for_small_models(tmp_path):
-  variables = jax.jit(MODELS["wav2lip"](width_multiplier=0.25).init)(jax.random.key(0),
-                                                                      *example_inputs("wav2lip"))
+  variables = jax.jit(MODELS["wav2lip"](width_multiplier=0.25).init)(
+    jax.random.key(0), *example_inputs("wav2lip")
+  )
   path = tmp_path / "small.pth"
   convert.save_torch_checkpoint(path, "wav2lip", variables)
-  loaded = convert.load_torch_checkpoint(path, "wav2lip")
+  loaded = weights.load(path, "wav2lip")[0]
   assert_trees_equal(loaded, jax.tree.map(np.asarray, variables))
 
 
@@ -84,40 +88,49 @@ def test_errors_name_the_file_and_key(syncnet_ref, disc_ref, tmp_path):
   _write_state(path, good)
 
   with pytest.raises(CheckpointError, match=r"'syncnet' checkpoint.*not 'wav2lip'"):
-    convert.load_torch_checkpoint(path, "wav2lip")
+    weights.load(path, "wav2lip")
   with pytest.raises(CheckpointError, match="unknown model kind"):
-    convert.load_torch_checkpoint(path, "vgg")
+    weights.load(path, "vgg")
 
   missing = dict(good)
   del missing["module.audio_encoder.4.conv_block.1.running_mean"]
   _write_state(path, missing)
-  with pytest.raises(CheckpointError, match=r"expert\.pth.*missing key 'audio_encoder\.4\.conv_block\.1\."
-                                            r"running_mean'"):
-    convert.load_torch_checkpoint(path, "syncnet")
+  with pytest.raises(
+    CheckpointError,
+    match=r"expert\.pth.*missing key 'audio_encoder\.4\.conv_block\.1\."
+    r"running_mean'",
+  ):
+    weights.load(path, "syncnet")
 
   extra = dict(good, **{"module.face_encoder.99.conv_block.0.weight": torch.zeros(1)})
   _write_state(path, extra)
   with pytest.raises(CheckpointError, match=r"unexpected key 'face_encoder\.99\.conv_block\.0\.weight'"):
-    convert.load_torch_checkpoint(path, "syncnet")
+    weights.load(path, "syncnet")
 
   wrong_shape = dict(good)
   wrong_shape["module.face_encoder.5.conv_block.1.weight"] = torch.zeros(7)
   _write_state(path, wrong_shape)
-  with pytest.raises(CheckpointError, match=r"'face_encoder\.5\.conv_block\.1\.weight' has shape \(7,\), "
-                                            r"expected \(128,\)"):
-    convert.load_torch_checkpoint(path, "syncnet")
+  with pytest.raises(
+    CheckpointError,
+    match=r"'face_encoder\.5\.conv_block\.1\.weight' has shape \(7,\), "
+    r"expected \(128,\)",
+  ):
+    weights.load(path, "syncnet")
 
   wrong_kernel = dict(good)
   wrong_kernel["module.face_encoder.1.conv_block.0.weight"] = torch.zeros(64, 32, 3, 3)
   _write_state(path, wrong_kernel)
-  with pytest.raises(CheckpointError, match=r"face_encoder\.1\.conv_block\.0\.weight' has shape "
-                                            r"\(64, 32, 3, 3\), expected \(64, 32, 5, 5\)"):
-    convert.load_torch_checkpoint(path, "syncnet")
+  with pytest.raises(
+    CheckpointError,
+    match=r"face_encoder\.1\.conv_block\.0\.weight' has shape "
+    r"\(64, 32, 3, 3\), expected \(64, 32, 5, 5\)",
+  ):
+    weights.load(path, "syncnet")
 
   disc_path = tmp_path / "disc.pth"
   tr.save_official(disc_ref, disc_path)
   with pytest.raises(CheckpointError, match="'disc' checkpoint"):
-    convert.load_torch_checkpoint(disc_path, "syncnet")
+    weights.load(disc_path, "syncnet")
 
 
 def test_truncated_garbage_and_unsafe_files_raise_one_clear_error(disc_ref, tmp_path):
@@ -134,24 +147,29 @@ def test_truncated_garbage_and_unsafe_files_raise_one_clear_error(disc_ref, tmp_
   torch.save({}, empty)
   for path in (truncated, garbage, unsafe, empty, tmp_path / "absent.pth"):
     with pytest.raises(CheckpointError, match=str(path.name)):
-      convert.load_torch_checkpoint(path, "disc")
+      weights.load(path, "disc")
 
 
 def test_save_and_load_variables(syncnet_ref, tmp_path):
-  variables = convert.torch_state_dict_to_variables("syncnet", syncnet_ref.state_dict())
-  convert.save_variables(tmp_path / "expert", variables, "syncnet", meta={"source": "test"})
-  restored, meta = convert.load_variables(tmp_path / "expert")
+  variables = weights.torch_state_dict_to_variables("syncnet", syncnet_ref.state_dict())
+  weights.save_variables(tmp_path / "expert", variables, "syncnet", meta={"source": "test"})
+  restored, meta = weights.load_variables(tmp_path / "expert")
   assert_trees_equal(restored, variables)
   assert meta == {"kind": "syncnet", "width_multiplier": 1.0, "img_size": 96, "source": "test"}
   with pytest.raises(CheckpointError, match="already exists"):
-    convert.save_variables(tmp_path / "expert", variables, "syncnet")
+    weights.save_variables(tmp_path / "expert", variables, "syncnet")
   with pytest.raises(CheckpointError, match="not a lipsync_jax variables directory"):
-    convert.load_variables(tmp_path / "nothing")
+    weights.load_variables(tmp_path / "nothing")
 
 
 def _run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "lipsync_jax.convert", *args], capture_output=True, text=True,
-                        timeout=600, check=False)
+  return subprocess.run(
+    [sys.executable, "-m", "lipsync_jax.convert", *args],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
 
 
 def test_cli_converts_and_fails_with_one_line(disc_ref, tmp_path):
@@ -160,10 +178,12 @@ def test_cli_converts_and_fails_with_one_line(disc_ref, tmp_path):
   ok = _run_cli("--kind", "disc", "--src", str(src), "--dst", str(tmp_path / "out"))
   assert ok.returncode == 0, ok.stderr
   assert "14,113,793 parameters" in ok.stdout
-  variables, meta = convert.load_variables(tmp_path / "out")
+  variables, meta = weights.load_variables(tmp_path / "out")
   assert meta["kind"] == "disc" and meta["source"] == str(src)
-  np.testing.assert_array_equal(variables["params"]["binary_pred_0"]["kernel"][0, 0, :, 0],
-                                disc_ref.binary_pred[0].weight.detach().numpy()[0, :, 0, 0])
+  np.testing.assert_array_equal(
+    variables["params"]["binary_pred_0"]["kernel"][0, 0, :, 0],
+    disc_ref.binary_pred[0].weight.detach().numpy()[0, :, 0, 0],
+  )
 
   garbage = tmp_path / "garbage.pth"
   garbage.write_bytes(b"not a checkpoint")

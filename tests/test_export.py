@@ -9,24 +9,31 @@ import jax
 import numpy as np
 import pytest
 
-from lipsync_jax import export, serving
+from lipsync_jax import export as export_cli
+from lipsync_jax.inference import export, serving
 
 WIDTH = 1 / 16
 
 
 def _variables(kind):
   from lipsync_jax.models import MODELS, example_inputs
+
   variables = MODELS[kind](width_multiplier=WIDTH).init(jax.random.key(1), *example_inputs(kind, 1, 96))
   variables = jax.tree.map(np.asarray, variables)
   # Non-trivial running statistics so BN folding is exercised.
   rng = np.random.default_rng(0)
-  stats = jax.tree.map(lambda x: (rng.uniform(0.5, 1.5, x.shape) if x.min() == 1 else
-                                  rng.normal(0, 0.1, x.shape)).astype(np.float32), variables["batch_stats"])
+  stats = jax.tree.map(
+    lambda x: (rng.uniform(0.5, 1.5, x.shape) if x.min() == 1 else rng.normal(0, 0.1, x.shape)).astype(
+      np.float32
+    ),
+    variables["batch_stats"],
+  )
   return {"params": variables["params"], "batch_stats": stats}
 
 
 def test_exported_generator_equals_direct_apply_for_any_batch(tmp_path):
   from lipsync_jax.models import Wav2Lip
+
   variables = _variables("wav2lip")
   meta = {"width_multiplier": WIDTH, "img_size": 96}
   out = os.path.join(tmp_path, "gen")
@@ -47,6 +54,7 @@ def test_exported_generator_equals_direct_apply_for_any_batch(tmp_path):
 
 def test_exported_expert_fixed_batch(tmp_path):
   from lipsync_jax.models import SyncNet
+
   variables = _variables("syncnet")
   out = os.path.join(tmp_path, "expert")
   export.export_model(variables, {"width_multiplier": WIDTH, "img_size": 96}, out, "syncnet", batch=2)
@@ -58,7 +66,7 @@ def test_exported_expert_fixed_batch(tmp_path):
   got_a, got_f = served(mel, faces)
   np.testing.assert_allclose(np.asarray(got_a), np.asarray(want_a), atol=2e-5)
   np.testing.assert_allclose(np.asarray(got_f), np.asarray(want_f), atol=2e-5)
-  with pytest.raises(Exception):
+  with pytest.raises((ValueError, TypeError)):
     served(mel[:1], faces[:1])  # fixed batch 2
 
 
@@ -76,3 +84,27 @@ def test_artifact_transposed_conv_form_follows_its_target_platforms():
   assert export.transpose_impl_for(("cpu",)) == "phase"
   assert export.transpose_impl_for(export.DEFAULT_PLATFORMS) == "direct"
   assert export.transpose_impl_for(("cuda",)) == "direct"
+
+
+def test_cli_loads_with_weights_and_fails_with_one_line(tmp_path, capsys):
+  from lipsync_jax import weights
+
+  variables = _variables("syncnet")
+  source = weights.save_variables(os.path.join(tmp_path, "expert"), variables, "syncnet")
+  out = os.path.join(tmp_path, "art")
+  assert (
+    export_cli.main(
+      ["--checkpoint", source, "--kind", "syncnet", "--out", out, "--batch", "2", "--platforms", "cpu"]
+    )
+    == 0
+  )
+  assert "exported syncnet" in capsys.readouterr().out
+  served = serving.load(out)
+  assert served.meta["width_multiplier"] == WIDTH and set(served.params) == set(variables["params"])
+  assert export_cli.main(["--checkpoint", source, "--kind", "wav2lip", "--out", out]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error:") and "'syncnet' model" in err[0]
+  assert (
+    export.params_from_npz_dict(export.params_to_npz_dict(variables["params"])).keys()
+    == variables["params"].keys()
+  )

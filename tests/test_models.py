@@ -10,12 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
-from lipsync_jax import convert
-from lipsync_jax.models import MODELS, QualityDisc, SyncNet, Wav2Lip, example_inputs, fold_batch_norm
-from lipsync_jax.models import layers
-from lipsync_jax.models.syncnet import SYNCNET_AUDIO_ENCODER
 import torch_reference as tr  # tests/ is on sys.path under pytest (rootdir conftest)
+
+from lipsync_jax import weights
+from lipsync_jax.models import MODELS, QualityDisc, SyncNet, Wav2Lip, example_inputs, fold_batch_norm, layers
+from lipsync_jax.models.syncnet import SYNCNET_AUDIO_ENCODER
 
 TINY = 0.125
 PARAM_COUNTS = {"syncnet": 16_435_072, "wav2lip": 36_298_035, "disc": 14_113_793}
@@ -31,7 +30,7 @@ def random_inputs(kind: str, batch: int, seed: int, img_size: int = 96) -> list[
   return [rng.random((batch, img_size, img_size, 3), np.float32)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_variables(kind: str):
   """Variables of the width-TINY model (initialised once per session; init compiles slowly on CPU)."""
   return jax.jit(MODELS[kind](width_multiplier=TINY).init)(jax.random.key(0), *example_inputs(kind))
@@ -68,7 +67,7 @@ def test_parameter_counts_match_the_originals(kind):
 
 def test_eval_parity_with_pytorch(reference):
   kind, model, path = reference
-  variables = convert.load_torch_checkpoint(path, kind)
+  variables = weights.load(path, kind)[0]
   inputs = random_inputs(kind, 2, seed=7)
   with torch.no_grad():
     expected = model(*to_nchw(inputs))
@@ -91,7 +90,7 @@ def test_eval_parity_with_pytorch(reference):
 def test_syncnet_train_mode_parity_and_running_stats():
   model = tr.randomize(tr.SyncNetColor(), seed=3)
   tr.calibrate(model, *to_nchw(random_inputs("syncnet", 4, seed=101)), seed=4)
-  variables = convert.torch_state_dict_to_variables("syncnet", model.state_dict())
+  variables = weights.torch_state_dict_to_variables("syncnet", model.state_dict())
   inputs = random_inputs("syncnet", 6, seed=8)
   model.train()
   with torch.no_grad():
@@ -100,14 +99,19 @@ def test_syncnet_train_mode_parity_and_running_stats():
   (audio, face), updates = train_step(variables, *inputs)
   assert np.abs(np.asarray(audio) - expected[0].numpy()).max() < 1e-4
   assert np.abs(np.asarray(face) - expected[1].numpy()).max() < 1e-4
-  new_state = convert.variables_to_torch_state_dict("syncnet", {"params": variables["params"], **updates})
+  new_state = weights.variables_to_torch_state_dict("syncnet", {"params": variables["params"], **updates})
   for key, value in model.state_dict().items():
     if key.endswith(("running_mean", "running_var")):
       np.testing.assert_allclose(new_state[key], value.numpy(), rtol=1e-4, atol=1e-5, err_msg=key)
   # The update really moved the statistics.
-  old_state = convert.variables_to_torch_state_dict("syncnet", variables)
-  assert np.abs(new_state["face_encoder.3.conv_block.1.running_var"]
-                - old_state["face_encoder.3.conv_block.1.running_var"]).max() > 1e-3
+  old_state = weights.variables_to_torch_state_dict("syncnet", variables)
+  assert (
+    np.abs(
+      new_state["face_encoder.3.conv_block.1.running_var"]
+      - old_state["face_encoder.3.conv_block.1.running_var"]
+    ).max()
+    > 1e-3
+  )
 
 
 @pytest.mark.parametrize("impl", ["direct", "phase"])
@@ -118,7 +122,7 @@ def test_syncnet_train_mode_gradients_match_pytorch(impl):
   float32 PyTorch itself is off by up to ~1e-2 max-abs here); a wrong formula gives O(1) errors."""
   model = tr.randomize(tr.SyncNetColor(), seed=5)
   tr.calibrate(model, *to_nchw(random_inputs("syncnet", 4, seed=102)), seed=6)
-  variables = convert.torch_state_dict_to_variables("syncnet", model.state_dict())
+  variables = weights.torch_state_dict_to_variables("syncnet", model.state_dict())
   mel, faces = random_inputs("syncnet", 4, seed=9)
   target = np.random.default_rng(10).normal(size=(4, 512)).astype(np.float32)
   model = model.double().train()
@@ -132,24 +136,38 @@ def test_syncnet_train_mode_gradients_match_pytorch(impl):
 
   def loss(params, mel, faces):
     (audio, face), _ = SyncNet(transpose_impl=impl).apply(
-        {"params": params, "batch_stats": variables["batch_stats"]}, mel, faces, train=True,
-        mutable=["batch_stats"])
+      {"params": params, "batch_stats": variables["batch_stats"]},
+      mel,
+      faces,
+      train=True,
+      mutable=["batch_stats"],
+    )
     return jnp.sum(audio * face) + jnp.sum(face * target)
 
-  value, (grads, grad_faces) = jax.jit(jax.value_and_grad(loss, argnums=(0, 2)))(variables["params"], mel,
-                                                                                  faces)
+  value, (grads, grad_faces) = jax.jit(jax.value_and_grad(loss, argnums=(0, 2)))(
+    variables["params"], mel, faces
+  )
   assert abs(float(value) - ref_loss.item()) < 1e-3
-  got = convert.variables_to_torch_state_dict("syncnet", {"params": grads,
-                                                          "batch_stats": variables["batch_stats"]})
+  got = weights.variables_to_torch_state_dict(
+    "syncnet", {"params": grads, "batch_stats": variables["batch_stats"]}
+  )
   assert len(ref_grads) > 60
   for key, want in ref_grads.items():
     assert np.linalg.norm(got[key] - want) / np.linalg.norm(want) < 2e-2, key
   assert np.linalg.norm(np.asarray(grad_faces) - ref_faces) / np.linalg.norm(ref_faces) < 2e-2
 
 
-@pytest.mark.parametrize("shape,kernel,stride,padding", [
-    ((2, 24, 48, 8), 5, (1, 2), 1), ((2, 23, 24, 16), 3, (2, 2), 1), ((2, 27, 16, 8), 3, (3, 3), 1),
-    ((2, 9, 6, 16), 3, (3, 2), 1), ((2, 7, 7, 8), 3, (2, 2), 0), ((2, 12, 12, 8), 4, (2, 2), 1)])
+@pytest.mark.parametrize(
+  "shape,kernel,stride,padding",
+  [
+    ((2, 24, 48, 8), 5, (1, 2), 1),
+    ((2, 23, 24, 16), 3, (2, 2), 1),
+    ((2, 27, 16, 8), 3, (3, 3), 1),
+    ((2, 9, 6, 16), 3, (3, 2), 1),
+    ((2, 7, 7, 8), 3, (2, 2), 0),
+    ((2, 12, 12, 8), 4, (2, 2), 1),
+  ],
+)
 def test_strided_conv_phase_gradient_equals_native(shape, kernel, stride, padding):
   rng = np.random.default_rng(11)
   x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
@@ -159,7 +177,8 @@ def test_strided_conv_phase_gradient_equals_native(shape, kernel, stride, paddin
     return lambda x, w: jnp.sum(jnp.sin(layers.conv2d(x, w, stride, (padding, padding), impl)))
 
   (value_d, grads_d), (value_p, grads_p) = (
-      jax.jit(jax.value_and_grad(loss(impl), argnums=(0, 1)))(x, w) for impl in ("direct", "phase"))
+    jax.jit(jax.value_and_grad(loss(impl), argnums=(0, 1)))(x, w) for impl in ("direct", "phase")
+  )
   assert float(value_d) == float(value_p)  # Same forward op.
   for a, b in zip(grads_d, grads_p):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-4 * float(jnp.abs(a).max()))
@@ -173,8 +192,9 @@ def test_conv_stride1_negative_padding_is_a_crop():
   pads = ((-1, 1), (0, -1))
   got = layers._conv_stride1(jnp.asarray(x), w, pads)  # pylint: disable=protected-access
   cropped = np.pad(x[:, 1:, :5], ((0, 0), (0, 1), (0, 0), (0, 0)))
-  expected = jax.lax.conv_general_dilated(jnp.asarray(cropped), w, (1, 1), "VALID",
-                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  expected = jax.lax.conv_general_dilated(
+    jnp.asarray(cropped), w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
 
 
@@ -193,8 +213,10 @@ def test_batch_norm_vjp_equals_autodiff_of_the_formula():
     return lambda *args: jnp.sum(jnp.tanh(fn(*args)) * weights)
 
   np.testing.assert_allclose(layers.batch_norm_train(x, scale, bias), formula(x, scale, bias), atol=1e-5)
-  for got, want in zip(jax.grad(loss(layers.batch_norm_train), argnums=(0, 1, 2))(x, scale, bias),
-                       jax.grad(loss(formula), argnums=(0, 1, 2))(x, scale, bias)):
+  for got, want in zip(
+    jax.grad(loss(layers.batch_norm_train), argnums=(0, 1, 2))(x, scale, bias),
+    jax.grad(loss(formula), argnums=(0, 1, 2))(x, scale, bias),
+  ):
     np.testing.assert_allclose(got, want, atol=2e-5 * float(jnp.abs(want).max()) + 1e-6)
   # bf16 activations: gradient comes back in the input dtype.
   assert jax.grad(loss(layers.batch_norm_train))(x.astype(jnp.bfloat16), scale, bias).dtype == jnp.bfloat16
@@ -215,8 +237,9 @@ def test_batch_norm_matches_pytorch_train_step(dtype):
   assert updates["batch_stats"]["mean"].dtype == jnp.float32
   tol = 1e-5 if dtype == jnp.float32 else 5e-2
   np.testing.assert_allclose(np.asarray(y, np.float32), expected, atol=tol * 10, rtol=tol)
-  np.testing.assert_allclose(updates["batch_stats"]["mean"], bn_torch.running_mean.numpy(), rtol=tol,
-                             atol=tol)
+  np.testing.assert_allclose(
+    updates["batch_stats"]["mean"], bn_torch.running_mean.numpy(), rtol=tol, atol=tol
+  )
   np.testing.assert_allclose(updates["batch_stats"]["var"], bn_torch.running_var.numpy(), rtol=tol, atol=tol)
   # Not mutable: batch statistics are used, running statistics stay as they are.
   y2 = bn.apply(variables, jnp.asarray(x, dtype), train=True)
@@ -246,13 +269,16 @@ def test_transpose_impls_agree_in_value_and_gradient():
   variables = direct.init(jax.random.key(0), x)
 
   def loss(params, inputs, model):
-    out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, inputs, train=True,
-                         mutable=["batch_stats"])
+    out, _ = model.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]}, inputs, train=True, mutable=["batch_stats"]
+    )
     return jnp.mean(jnp.square(out - 0.5) * jnp.arange(out.size).reshape(out.shape) / out.size)
 
   grad_fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
-  (value_d, grads_d), (value_p, grads_p) = grad_fn(variables["params"], x, direct), grad_fn(
-      variables["params"], x, phase)
+  (value_d, grads_d), (value_p, grads_p) = (
+    grad_fn(variables["params"], x, direct),
+    grad_fn(variables["params"], x, phase),
+  )
   assert abs(float(value_d) - float(value_p)) < 1e-6
   for a, b in zip(jax.tree.leaves(grads_d), jax.tree.leaves(grads_p)):
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4)
@@ -260,8 +286,10 @@ def test_transpose_impls_agree_in_value_and_gradient():
   # Whole generator, both implementations, same parameters.
   mel, faces = random_inputs("wav2lip", 2, seed=3)
   gen_vars = tiny_variables("wav2lip")
-  outs = [jax.jit(Wav2Lip(width_multiplier=TINY, transpose_impl=impl).apply)(gen_vars, mel, faces)
-          for impl in ("direct", "phase")]
+  outs = [
+    jax.jit(Wav2Lip(width_multiplier=TINY, transpose_impl=impl).apply)(gen_vars, mel, faces)
+    for impl in ("direct", "phase")
+  ]
   np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
   with pytest.raises(ValueError, match="transpose_impl"):
     layers.resolve_transpose_impl("fast")
@@ -334,8 +362,8 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_float32():
   assert out16.dtype == jnp.float32
   assert np.all(np.isfinite(out16)) and np.abs(np.asarray(out16) - np.asarray(out32)).max() < 0.05
   audio, face = SyncNet(width_multiplier=TINY, compute_dtype=jnp.bfloat16).apply(
-      tiny_variables("syncnet"),
-      *random_inputs("syncnet", 2, 1))
+    tiny_variables("syncnet"), *random_inputs("syncnet", 2, 1)
+  )
   assert audio.dtype == jnp.float32 and np.all(np.isfinite(face))
 
 

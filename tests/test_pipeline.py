@@ -12,21 +12,21 @@ import grain
 import numpy as np
 import pytest
 
-from lipsync_jax.data import pipeline as input_pipeline
-
-from lipsync_jax.data import tfrecord, sampling
-from lipsync_jax.data import records
 from lipsync_jax import windows
+from lipsync_jax.data import pipeline as input_pipeline
+from lipsync_jax.data import records, sampling, tfrecord
 
 IMG = 16  # tiny crops
 CLIP_FRAMES = (30, 24, 40, 20, 33, 28)  # 6 clips; mel length like real audio: int(3.2 * N) + 1
 
 
-def indexed_clip(number: int, num_frames: int, mel_steps: int | None = None, split: str = "train",
-                 img_size: int = IMG) -> records.Clip:
+def indexed_clip(
+  number: int, num_frames: int, mel_steps: int | None = None, split: str = "train", img_size: int = IMG
+) -> records.Clip:
   """Frame k: all pixels = k (frames stay < 256); mel[0, t] = t, mel[1, :] = clip number."""
-  frames = np.broadcast_to(np.arange(num_frames, dtype=np.uint8)[:, None, None, None],
-                           (num_frames, img_size, img_size, 3)).copy()
+  frames = np.broadcast_to(
+    np.arange(num_frames, dtype=np.uint8)[:, None, None, None], (num_frames, img_size, img_size, 3)
+  ).copy()
   mel_steps = mel_steps or int(windows.MEL_STEPS_PER_SECOND * num_frames / windows.FPS) + 1
   mel = np.zeros((windows.NUM_MELS, mel_steps), np.float32)
   mel[0] = np.arange(mel_steps)
@@ -39,8 +39,9 @@ def write_split(directory, split, clips, num_shards=2, frame_format="raw"):
   os.makedirs(directory, exist_ok=True)
   for shard in range(num_shards):
     tfrecord.write_tfrecord(
-        os.path.join(directory, records.shard_name(split, shard, num_shards)),
-        [records.serialize_clip(c, frame_format=frame_format) for c in clips[shard::num_shards]])
+      os.path.join(directory, records.shard_name(split, shard, num_shards)),
+      [records.serialize_clip(c, frame_format=frame_format) for c in clips[shard::num_shards]],
+    )
   return directory
 
 
@@ -66,8 +67,9 @@ def assert_batches_equal(first, second):
 
 @pytest.mark.parametrize("mode", sampling.MODES)
 def test_shapes_dtypes_ranges(shards_dir, mode):
-  it = input_pipeline.make_train_iterator(shards_dir, "train", mode, global_batch_size=8, seed=0,
-                                          process_index=0, process_count=2)
+  it = input_pipeline.make_train_iterator(
+    shards_dir, "train", mode, global_batch_size=8, seed=0, process_index=0, process_count=2
+  )
   batch = next(it)
   spec = sampling.element_spec(mode, 4, IMG)
   assert batch.keys() == spec.keys()
@@ -82,8 +84,9 @@ def test_shapes_dtypes_ranges(shards_dir, mode):
 
 
 def test_generator_windows_follow_the_spec(shards_dir):
-  it = input_pipeline.make_train_iterator(shards_dir, "train", "generator", global_batch_size=16, seed=3,
-                                          process_index=0, process_count=1)
+  it = input_pipeline.make_train_iterator(
+    shards_dir, "train", "generator", global_batch_size=16, seed=3, process_index=0, process_count=1
+  )
   starts = []
   for batch in take(it, 6):
     for i in range(16):
@@ -97,8 +100,8 @@ def test_generator_windows_follow_the_spec(shards_dir):
       assert 1 <= a <= num_frames - 5
       # inputs = [gt with the lower half zeroed | wrong window b..b+4], b != a.
       masked, wrong = batch["inputs"][i, ..., :3], batch["inputs"][i, ..., 3:]
-      np.testing.assert_array_equal(masked[:, :IMG // 2], gt[:, :IMG // 2])
-      assert not masked[:, IMG // 2:].any()
+      np.testing.assert_array_equal(masked[:, : IMG // 2], gt[:, : IMG // 2])
+      assert not masked[:, IMG // 2 :].any()
       b = int(wrong[0, 0, 0, 0])
       assert b != a and 0 <= b <= num_frames - 5
       np.testing.assert_array_equal(wrong, np.broadcast_to((b + np.arange(5))[:, None, None, None], gt.shape))
@@ -108,15 +111,17 @@ def test_generator_windows_follow_the_spec(shards_dir):
       np.testing.assert_array_equal(batch["mel"][i, 0, :, 0], start + np.arange(16))
       # indiv_mels[k] = window of frame a + k - 1.
       for k in range(5):
-        np.testing.assert_array_equal(batch["indiv_mels"][i, k, 0, :, 0],
-                                      int(80 * (a + k - 1) / 25) + np.arange(16))
+        np.testing.assert_array_equal(
+          batch["indiv_mels"][i, k, 0, :, 0], int(80 * (a + k - 1) / 25) + np.arange(16)
+        )
       assert int(80 * (a + 3) / 25) + 16 <= mel_steps
   assert min(starts) == 1  # a = 0 never drawn, a = 1 is (96 draws over 6 clips of 20-40 frames)
 
 
 def test_expert_label_semantics(shards_dir):
-  it = input_pipeline.make_train_iterator(shards_dir, "train", "expert", global_batch_size=16, seed=1,
-                                          process_index=0, process_count=1)
+  it = input_pipeline.make_train_iterator(
+    shards_dir, "train", "expert", global_batch_size=16, seed=1, process_index=0, process_count=1
+  )
   labels, starts = [], []
   for batch in take(it, 8):
     for i in range(16):
@@ -142,10 +147,14 @@ def test_expert_label_semantics(shards_dir):
 
 
 def test_jpeg_shards_decode_close_to_the_values(tmp_path):
-  write_split(tmp_path, "train", [indexed_clip(0, 30), indexed_clip(1, 30)], num_shards=1,
-              frame_format="jpeg")
-  batch = next(input_pipeline.make_train_iterator(str(tmp_path), "train", "generator", 4, seed=0,
-                                                  process_index=0, process_count=1, num_threads=0))
+  write_split(
+    tmp_path, "train", [indexed_clip(0, 30), indexed_clip(1, 30)], num_shards=1, frame_format="jpeg"
+  )
+  batch = next(
+    input_pipeline.make_train_iterator(
+      str(tmp_path), "train", "generator", 4, seed=0, process_index=0, process_count=1, num_threads=0
+    )
+  )
   a = batch["gt"][:, 0, 0, 0, 0].astype(int)
   expected = a[:, None] + np.arange(5)
   assert np.abs(batch["gt"][:, :, IMG // 2, IMG // 2, 1].astype(int) - expected).max() <= 2
@@ -156,8 +165,9 @@ def test_short_mel_limits_the_windows(tmp_path):
   write_split(tmp_path, "train", [indexed_clip(0, 40, mel_steps=80)], num_shards=1)
   assert sampling.window_start_range(40, 80, "expert") == (0, 20)
   assert sampling.window_start_range(40, 80, "generator") == (1, 17)
-  it = input_pipeline.make_train_iterator(str(tmp_path), "train", "generator", 32, seed=0,
-                                          process_index=0, process_count=1)
+  it = input_pipeline.make_train_iterator(
+    str(tmp_path), "train", "generator", 32, seed=0, process_index=0, process_count=1
+  )
   starts = np.concatenate([b["gt"][:, 0, 0, 0, 0] for b in take(it, 4)])
   assert starts.max() == 17 and starts.min() == 1
 
@@ -167,16 +177,18 @@ def test_short_clips_are_skipped(tmp_path):
   write_split(tmp_path, "train", clips, num_shards=1)
   assert sampling.window_start_range(15, 100, "expert") is None
   assert sampling.window_start_range(16, 100, "generator") == (1, 11)
-  it = input_pipeline.make_train_iterator(str(tmp_path), "train", "expert", 16, seed=0,
-                                          process_index=0, process_count=1)
+  it = input_pipeline.make_train_iterator(
+    str(tmp_path), "train", "expert", 16, seed=0, process_index=0, process_count=1
+  )
   seen = np.concatenate([b["mel"][:, 1, 0, 0] for b in take(it, 3)])
   assert set(seen.tolist()) == {1.0}
 
 
 def test_deterministic_for_a_seed_and_independent_of_threads(shards_dir):
   def batches(seed, threads):
-    it = input_pipeline.make_train_iterator(shards_dir, "train", "generator", 4, seed=seed,
-                                            process_index=0, process_count=1, num_threads=threads)
+    it = input_pipeline.make_train_iterator(
+      shards_dir, "train", "generator", 4, seed=seed, process_index=0, process_count=1, num_threads=threads
+    )
     return take(it, 5)
 
   reference = batches(7, threads=0)
@@ -187,11 +199,12 @@ def test_deterministic_for_a_seed_and_independent_of_threads(shards_dir):
 
 def test_epochs_reshuffle_and_cover_every_clip(shards_dir):
   # batch 1 per process = one clip per step; an epoch is one pass over the process's clips.
-  it = input_pipeline.make_train_iterator(shards_dir, "train", "expert", 1, seed=0, process_index=0,
-                                          process_count=1, num_threads=0)
+  it = input_pipeline.make_train_iterator(
+    shards_dir, "train", "expert", 1, seed=0, process_index=0, process_count=1, num_threads=0
+  )
   n = len(CLIP_FRAMES)
   order = [int(b["mel"][0, 1, 0, 0]) for b in take(it, 3 * n)]
-  epochs = [order[i * n:(i + 1) * n] for i in range(3)]
+  epochs = [order[i * n : (i + 1) * n] for i in range(3)]
   assert all(sorted(e) == list(range(n)) for e in epochs)
   assert len({tuple(e) for e in epochs}) > 1
 
@@ -199,8 +212,9 @@ def test_epochs_reshuffle_and_cover_every_clip(shards_dir):
 def test_processes_read_disjoint_slices_covering_all_clips(shards_dir):
   seen = []
   for process_index in range(2):
-    it = input_pipeline.make_train_iterator(shards_dir, "train", "expert", 2, seed=0,
-                                            process_index=process_index, process_count=2, num_threads=0)
+    it = input_pipeline.make_train_iterator(
+      shards_dir, "train", "expert", 2, seed=0, process_index=process_index, process_count=2, num_threads=0
+    )
     # one epoch of this process = 3 clips = 3 batches of 1.
     seen.append({int(b["mel"][0, 1, 0, 0]) for b in take(it, 3)})
   assert not seen[0] & seen[1]
@@ -208,8 +222,12 @@ def test_processes_read_disjoint_slices_covering_all_clips(shards_dir):
 
 
 def test_split_smaller_than_process_count_is_read_by_every_process(shards_dir):
-  batches = [input_pipeline.make_eval_batches(shards_dir, "val", "generator", 8, num_batches=1,
-                                              process_index=p, process_count=4)[0] for p in range(2)]
+  batches = [
+    input_pipeline.make_eval_batches(
+      shards_dir, "val", "generator", 8, num_batches=1, process_index=p, process_count=4
+    )[0]
+    for p in range(2)
+  ]
   assert batches[0]["gt"].shape[0] == 2
   assert not np.array_equal(batches[0]["gt"], batches[1]["gt"])  # own windows per process
 
@@ -241,29 +259,40 @@ def test_restore_through_orbax_checkpoint_manager(shards_dir, tmp_path):
   assert_batches_equal(expected, take(fresh, 2))
 
 
-def test_eval_batches_are_fixed(shards_dir):
-  first = input_pipeline.make_eval_batches(shards_dir, "val", "expert", 4, num_batches=3, seed=0,
-                                           process_index=0, process_count=1)
-  second = input_pipeline.make_eval_batches(shards_dir, "val", "expert", 4, num_batches=3, seed=0,
-                                            process_index=0, process_count=1)
+def test_eval_batches_are_fixed_and_streamed(shards_dir):
+  kwargs = dict(seed=0, process_index=0, process_count=1)
+  first = input_pipeline.make_eval_batches(shards_dir, "val", "expert", 4, num_batches=3, **kwargs)
+  second = input_pipeline.make_eval_batches(shards_dir, "val", "expert", 4, num_batches=3, **kwargs)
   assert len(first) == 3
-  assert_batches_equal(first, second)
-  assert set(np.unique(np.concatenate([b["mel"][:, 1, 0, 0] for b in first]))) <= {100.0, 101.0, 102.0}
+  passes = [list(first), list(first), list(second)]  # every pass over every instance: the same batches
+  assert_batches_equal(passes[0], passes[1])
+  assert_batches_equal(passes[0], passes[2])
+  dataset, _ = input_pipeline.build_dataset(shards_dir, "val", "expert", 4, **kwargs)
+  assert_batches_equal(passes[0], [dataset[i] for i in range(3)])  # batch i: a pure function of (seed, i)
+  assert_batches_equal(passes[0], [first[i] for i in range(3)])
+  with pytest.raises(IndexError, match="eval batch 3"):
+    first[3]
+  assert set(np.unique(np.concatenate([b["mel"][:, 1, 0, 0] for b in passes[0]]))) <= {100.0, 101.0, 102.0}
 
 
 def test_img_size_resizes_frames(shards_dir):
-  batch = next(input_pipeline.make_train_iterator(shards_dir, "train", "expert", 2, seed=0, process_index=0,
-                                                  process_count=1, img_size=32, num_threads=0))
+  batch = next(
+    input_pipeline.make_train_iterator(
+      shards_dir, "train", "expert", 2, seed=0, process_index=0, process_count=1, img_size=32, num_threads=0
+    )
+  )
   assert batch["faces"].shape == (2, 16, 32, 15)
 
 
 def test_missing_split_names_the_directory_and_the_fix(shards_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match=r"no 'test' shards.*data_pipelines.preprocess"):
-    input_pipeline.make_train_iterator(shards_dir, "test", "expert", 2, seed=0, process_index=0,
-                                       process_count=1)
+    input_pipeline.make_train_iterator(
+      shards_dir, "test", "expert", 2, seed=0, process_index=0, process_count=1
+    )
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    input_pipeline.make_train_iterator(str(tmp_path / "nope"), "train", "expert", 2, seed=0,
-                                       process_index=0, process_count=1)
+    input_pipeline.make_train_iterator(
+      str(tmp_path / "nope"), "train", "expert", 2, seed=0, process_index=0, process_count=1
+    )
 
 
 def test_truncated_shard_error_names_the_shard(tmp_path):
@@ -272,15 +301,17 @@ def test_truncated_shard_error_names_the_shard(tmp_path):
   with open(path, "r+b") as f:
     f.truncate(os.path.getsize(path) - 100)
   with pytest.raises(tfrecord.ShardError, match=r"train-00000-of-00001\.tfrecord is corrupt.*record 1"):
-    input_pipeline.make_train_iterator(str(tmp_path), "train", "expert", 2, seed=0, process_index=0,
-                                       process_count=1)
+    input_pipeline.make_train_iterator(
+      str(tmp_path), "train", "expert", 2, seed=0, process_index=0, process_count=1
+    )
 
 
 def test_corrupt_record_error_names_the_shard(tmp_path):
   path = os.path.join(tmp_path, records.shard_name("train", 0, 1))
   tfrecord.write_tfrecord(path, [b"\x0a\x07garbage" * 5] * 2)
-  it = input_pipeline.make_train_iterator(str(tmp_path), "train", "expert", 2, seed=0, img_size=IMG,
-                                          process_index=0, process_count=1, num_threads=0)
+  it = input_pipeline.make_train_iterator(
+    str(tmp_path), "train", "expert", 2, seed=0, img_size=IMG, process_index=0, process_count=1, num_threads=0
+  )
   with pytest.raises(tfrecord.CorruptRecordError, match=r"train-00000-of-00001\.tfrecord record [01]"):
     next(it)
 
@@ -333,9 +364,16 @@ def test_end_to_end_videos_to_preprocess_to_batches(tmp_path):
       t = np.arange(int(16000 * num_frames / 25)) / 16000
       writer.close(audio=(0.3 * np.sin(2 * np.pi * (150 + 200 * number + 100 * t) * t)).astype(np.float32))
   shards = str(tmp_path / "shards")
-  preprocess.run(shards, input_glob=str(tmp_path / "videos" / "**" / "*.mp4"), img_size=32, num_shards=1,
-                 detector="fixed", detector_kwargs={"box": (40, 20, 120, 100)}, direct_num_workers=1,
-                 direct_running_mode="in_memory")
+  preprocess.run(
+    shards,
+    input_glob=str(tmp_path / "videos" / "**" / "*.mp4"),
+    img_size=32,
+    num_shards=1,
+    detector="fixed",
+    detector_kwargs={"box": (40, 20, 120, 100)},
+    direct_num_workers=1,
+    direct_running_mode="in_memory",
+  )
   source = tfrecord.ClipRecords(tfrecord.find_shards(shards, "train"))
   clips = [records.parse_example(source[i].data) for i in range(len(source))]
   assert {c.clip_id: c.num_frames for c in clips} == lengths
@@ -343,19 +381,23 @@ def test_end_to_end_videos_to_preprocess_to_batches(tmp_path):
   def frame_index(image):  # flat gray 20 + 4 i, through H.264 + JPEG: nearest i
     return int(round((image.mean() - 20) / 4))
 
-  batch = next(input_pipeline.make_train_iterator(shards, "train", "generator", 8, seed=0, process_index=0,
-                                                  process_count=1))
+  batch = next(
+    input_pipeline.make_train_iterator(
+      shards, "train", "generator", 8, seed=0, process_index=0, process_count=1
+    )
+  )
   assert batch["gt"].shape == (8, 5, 32, 32, 3) and batch["inputs"].dtype == np.uint8
   for i in range(8):
     a = frame_index(batch["gt"][i, 0])
     assert [frame_index(f) for f in batch["gt"][i]] == list(range(a, a + 5))
     start = int(80 * a / 25)  # the mel is the window at a of exactly one clip (chirps: all windows differ)
-    matches = [c for c in clips if np.array_equal(batch["mel"][i, :, :, 0], c.mel[:, start:start + 16])]
+    matches = [c for c in clips if np.array_equal(batch["mel"][i, :, :, 0], c.mel[:, start : start + 16])]
     assert len(matches) == 1
     clip = matches[0]
     assert 1 <= a <= clip.num_frames - 5
-    np.testing.assert_array_equal(batch["indiv_mels"][i, 0, :, :, 0],
-                                  clip.mel[:, int(80 * (a - 1) / 25):int(80 * (a - 1) / 25) + 16])
+    np.testing.assert_array_equal(
+      batch["indiv_mels"][i, 0, :, :, 0], clip.mel[:, int(80 * (a - 1) / 25) : int(80 * (a - 1) / 25) + 16]
+    )
     b = frame_index(batch["inputs"][i, 0, ..., 3:])
     assert b != a and [frame_index(f) for f in batch["inputs"][i, ..., 3:]] == list(range(b, b + 5))
     assert not batch["inputs"][i, :, 16:, :, :3].any()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,32 +13,46 @@ import numpy as np
 import pytest
 import torch
 
-from lipsync_jax.training import losses
-from lipsync_jax.training import stages
+from lipsync_jax.training import losses, stages
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from configs import common  # noqa: E402
 
 WIDTH = 1 / 32
 IMG = 96
 
 
 def make_config(stage: str, width: float = WIDTH, sync_wt: float = 0.5, **loss) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.stage = stage
-  c.seed = 0
+  """The schema's defaults (configs/common.py) for `stage`, with the values these tests train with."""
+  c = common.base_config(stage)
+  c.model.width_multiplier = width
   # 'direct' transposed convs: at tiny widths they compile about 2x faster than 'phase' on XLA:CPU.
-  c.model = dict(width_multiplier=width, compute_dtype='float32', transpose_impl='direct')
-  c.data = dict(img_size=IMG)
-  c.optimizer = dict(lr=1e-3, b1=0.9, b2=0.999, disc_lr=1e-3, disc_b1=0.5, disc_b2=0.999, grad_clip=0.0)
-  c.loss = dict(syncnet_wt_initial=sync_wt, syncnet_wt_target=0.03, sync_trigger_threshold=0.75,
-                disc_wt=0.07, expert_bn='batch')
+  c.model.transpose_impl = 'direct'
+  c.data.img_size = IMG
+  c.optimizer.update(dict(lr=1e-3, b1=0.9, b2=0.999, disc_lr=1e-3, disc_b1=0.5, disc_b2=0.999, grad_clip=0.0))
+  c.loss.update(
+    dict(
+      syncnet_wt_initial=sync_wt,
+      syncnet_wt_target=0.03,
+      sync_trigger_threshold=0.75,
+      disc_wt=0.07,
+      expert_bn='batch',
+    )
+  )
   c.loss.update(loss)
   return c
 
 
 def expert_batch(batch=8, seed=0):
   rng = np.random.default_rng(seed)
-  return {'faces': rng.integers(0, 256, (batch, IMG // 2, IMG, 15), dtype=np.uint8),
-          'mel': rng.uniform(-4, 4, (batch, 80, 16, 1)).astype(np.float32),
-          'label': (np.arange(batch) % 2).astype(np.float32)[:, None]}
+  return {
+    'faces': rng.integers(0, 256, (batch, IMG // 2, IMG, 15), dtype=np.uint8),
+    'mel': rng.uniform(-4, 4, (batch, 80, 16, 1)).astype(np.float32),
+    'label': (np.arange(batch) % 2).astype(np.float32)[:, None],
+  }
 
 
 def smooth_images(rng, shape):
@@ -50,11 +66,14 @@ def generator_batch(batch=4, seed=0):
   rng = np.random.default_rng(seed)
   gt = smooth_images(rng, (batch, 5, IMG, IMG, 3))
   masked = gt.copy()
-  masked[:, :, IMG // 2:] = 0
+  masked[:, :, IMG // 2 :] = 0
   reference = smooth_images(rng, (batch, 5, IMG, IMG, 3))
-  return {'inputs': np.concatenate([masked, reference], axis=-1), 'gt': gt,
-          'indiv_mels': rng.uniform(-4, 4, (batch, 5, 80, 16, 1)).astype(np.float32),
-          'mel': rng.uniform(-4, 4, (batch, 80, 16, 1)).astype(np.float32)}
+  return {
+    'inputs': np.concatenate([masked, reference], axis=-1),
+    'gt': gt,
+    'indiv_mels': rng.uniform(-4, 4, (batch, 5, 80, 16, 1)).astype(np.float32),
+    'mel': rng.uniform(-4, 4, (batch, 80, 16, 1)).astype(np.float32),
+  }
 
 
 @pytest.fixture(scope='module')
@@ -90,8 +109,9 @@ class Run:
     self.history = []
 
   def run(self, steps, batch=None):
-    self.state, history = run_steps(self.step, self.state, self.batch if batch is None else batch,
-                                    self.expert_vars, steps)
+    self.state, history = run_steps(
+      self.step, self.state, self.batch if batch is None else batch, self.expert_vars, steps
+    )
     self.history += history
     return history
 
@@ -121,7 +141,7 @@ def generator_run(expert_variables):
   run.state = run.state.replace(settings=dataclasses.replace(run.state.settings, lr=1e-4))
   run.l1_phase += run.run(1)
   run.compiled_before_switch = run.step._cache_size()  # pylint: disable=protected-access
-  run.state = run.stage.schedule_update(run.state, {'sync': 0.5}, config)
+  run.state, _ = run.stage.schedule_update(run.state, {'sync': 0.5}, config)
   run.sync_phase = run.run(30)
   run.expert_before = expert_before
   return run
@@ -135,6 +155,7 @@ def gan_run(expert_variables):
 
 
 # ---------------------------------------------------------------------------------------------- losses
+
 
 def test_bce_matches_torch_including_edges():
   probs = np.array([0.0, 1e-30, 1e-8, 0.3, 0.5, 0.9, 1 - 1e-7, 1.0, 0.0, 1.0, 0.7], np.float32)
@@ -157,7 +178,8 @@ def test_bce_propagates_nan_and_clips_rounding():
 def test_bce_with_logits_l1_accuracy():
   logits = jnp.array([[-3.0], [0.0], [4.0]])
   expected = torch.nn.functional.binary_cross_entropy_with_logits(
-      torch.tensor([[-3.0], [0.0], [4.0]]), torch.ones(3, 1))
+    torch.tensor([[-3.0], [0.0], [4.0]]), torch.ones(3, 1)
+  )
   np.testing.assert_allclose(float(losses.bce_with_logits(logits, 1.0)), float(expected), rtol=1e-6)
   assert float(losses.l1(jnp.ones((2, 3)), jnp.zeros((2, 3), jnp.bfloat16))) == 1.0
   cos = jnp.array([0.9, 0.2, 0.6, 0.4])
@@ -165,6 +187,7 @@ def test_bce_with_logits_l1_accuracy():
 
 
 # ------------------------------------------------------------------------------------ learning (overfit)
+
 
 def test_expert_overfits_fixed_batch(expert_run):
   h = expert_run.history
@@ -192,12 +215,15 @@ def test_gan_overfits_fixed_batch(gan_run):
   assert all(r['disc_grad_norm'] > 0 for r in h)
   assert mean_of(h[-3:], 'disc_loss') <= mean_of(h[:3], 'disc_loss')
   initial = stages.get_stage('gan').init(gan_run.config, jax.random.key(0)).disc_params
-  moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree_util.tree_leaves(initial),
-                                                        jax.tree_util.tree_leaves(gan_run.state.disc_params))]
+  moved = [
+    float(jnp.abs(a - b).max())
+    for a, b in zip(jax.tree_util.tree_leaves(initial), jax.tree_util.tree_leaves(gan_run.state.disc_params))
+  ]
   assert min(moved) > 0
 
 
 # ------------------------------------------------------------------------------------- frozen expert
+
 
 def test_expert_variables_unchanged_by_generator_and_gan_steps(expert_variables, generator_run, gan_run):
   assert generator_run.history and gan_run.history
@@ -216,16 +242,21 @@ def test_gradients_reach_generator_through_expert_but_not_expert(expert_variable
   @jax.jit
   def all_grads(params, expert_vars):
     total = lambda p, e, w: parts(p, e, w)[0]
-    return {'w0': jax.grad(total)(params, expert_vars, 0.0),
-            'w05': jax.grad(total)(params, expert_vars, 0.5),
-            'l1': jax.grad(lambda p: parts(p, expert_vars, 0.0)[1]['l1'])(params),
-            'sync': jax.grad(lambda p: parts(p, expert_vars, 0.5)[1]['sync'])(params),  # w > 0: computed
-            'expert': jax.grad(total, argnums=1)(params, expert_vars, 0.5)}
+    return {
+      'w0': jax.grad(total)(params, expert_vars, 0.0),
+      'w05': jax.grad(total)(params, expert_vars, 0.5),
+      'l1': jax.grad(lambda p: parts(p, expert_vars, 0.0)[1]['l1'])(params),
+      'sync': jax.grad(lambda p: parts(p, expert_vars, 0.5)[1]['sync'])(params),  # w > 0: computed
+      'expert': jax.grad(total, argnums=1)(params, expert_vars, 0.5),
+    }
 
   grads = all_grads(state.params, expert_variables)
   leaves = {k: [np.asarray(x) for x in jax.tree_util.tree_leaves(v)] for k, v in grads.items()}
-  decoder = [np.asarray(x) for path, x in jax.tree_util.tree_flatten_with_path(grads['sync'])[0]
-             if 'face_decoder_blocks' in jax.tree_util.keystr(path)]
+  decoder = [
+    np.asarray(x)
+    for path, x in jax.tree_util.tree_flatten_with_path(grads['sync'])[0]
+    if 'face_decoder_blocks' in jax.tree_util.keystr(path)
+  ]
   # The sync loss's gradient reaches the generator's decoder through the expert: finite and nonzero.
   assert decoder and all(np.isfinite(x).all() for x in decoder)
   assert max(np.abs(x).max() for x in decoder) > 0
@@ -251,8 +282,9 @@ def test_expert_bn_modes_and_width_inference(expert_variables):
   mel = jnp.asarray(rng.uniform(-4, 4, (4, 80, 16, 1)), jnp.float32)
   sync = {}
   for mode in ('batch', 'running'):
-    settings = stages.StageSettings.from_config(make_config('generator', width=1 / 16, expert_bn=mode),
-                                                'generator')
+    settings = stages.StageSettings.from_config(
+      make_config('generator', width=1 / 16, expert_bn=mode), 'generator'
+    )
     sync[mode] = float(stages.sync_loss(settings, expert_variables, mel, generated))
   assert np.isfinite(list(sync.values())).all()
   assert sync['batch'] != sync['running']
@@ -264,21 +296,56 @@ def test_expert_bn_modes_and_width_inference(expert_variables):
 
 # --------------------------------------------------------------------------------- schedule / jit cache
 
+
 def test_schedule_trigger():
   config = make_config('generator', sync_wt=0.0)
   state = stages.get_stage('generator').init(config, jax.random.key(0))
   update = stages.get_stage('generator').schedule_update
   assert float(state.sync_wt) == 0.0 and state.sync_wt.dtype == jnp.float32
-  state = update(state, {'sync': 0.80, 'l1': 0.1}, config)  # above the threshold: no change
-  assert float(state.sync_wt) == 0.0
-  state = update(state, {'sync': np.float32(0.74)}, config)  # below: the target
-  assert float(state.sync_wt) == pytest.approx(0.03)
-  state = update(state, {'sync': 0.90}, config)  # and it stays
+  state, scalars = update(state, {'sync': 0.80, 'l1': 0.1}, config)  # above the threshold: no change
+  assert float(state.sync_wt) == 0.0 and scalars == {'sync_wt': 0.0}
+  state, scalars = update(state, {'sync': np.float32(0.74)}, config)  # below: the target
+  assert float(state.sync_wt) == pytest.approx(0.03) and scalars == {'sync_wt': pytest.approx(0.03)}
+  state, _ = update(state, {'sync': 0.90}, config)  # and it stays
   assert float(state.sync_wt) == pytest.approx(0.03)
   assert state.sync_wt.shape == () and state.sync_wt.dtype == jnp.float32
   # The expert stage has no schedule.
   expert_state = stages.get_stage('expert').init(make_config('expert'), jax.random.key(0))
-  assert stages.get_stage('expert').schedule_update(expert_state, {'loss': 0.1}, config) is expert_state
+  assert stages.get_stage('expert').schedule_update(expert_state, {'loss': 0.1}, config) == (expert_state, {})
+
+
+def test_stage_scalars():
+  config = make_config('gan')
+  assert stages.get_stage('gan').scalars(config) == {'lr': 1e-3, 'disc_lr': 1e-3}
+  assert (
+    stages.get_stage('generator').scalars(config)
+    == stages.get_stage('expert').scalars(config)
+    == {'lr': 1e-3}
+  )
+
+
+def test_settings_read_the_schema_without_fallbacks():
+  config = make_config('generator')
+  del config.loss['expert_bn']  # a config that is not the schema fails naming the key
+  with pytest.raises(AttributeError, match='expert_bn'):
+    stages.StageSettings.from_config(config, 'generator')
+  settings = stages.StageSettings.from_config(make_config('generator'), 'generator')
+  assert settings.expert_width_multiplier is None and settings.transpose_impl == 'direct'
+
+
+def test_random_init_expert_and_its_width():
+  config = make_config('gan', width=1 / 16)
+  variables = stages.random_expert_variables(config)
+  assert all(isinstance(x, np.ndarray) for x in jax.tree_util.tree_leaves(variables))
+  settings = stages.StageSettings.from_config(make_config('gan', width=1 / 32), 'gan')
+  assert stages._expert_width(settings, variables) == 1 / 16  # pylint: disable=protected-access
+  # 1/64: the first conv has one channel at 1/32 and 1/64 alike; the widest conv tells them apart.
+  tiny = stages.random_expert_variables(make_config('gan', width=1 / 64))
+  assert stages._expert_width(settings, tiny) == 1 / 64  # pylint: disable=protected-access
+  config.model.expert_width_multiplier = 1 / 8  # a wrong explicit width fails naming it, not at apply time
+  wrong = stages.StageSettings.from_config(config, 'gan')
+  with pytest.raises(ValueError, match='do not match a SyncNet of width x0.125'):
+    stages._expert_width(wrong, variables)  # pylint: disable=protected-access
 
 
 def test_changing_sync_weight_does_not_recompile(generator_run):
@@ -288,6 +355,7 @@ def test_changing_sync_weight_does_not_recompile(generator_run):
 
 
 # ---------------------------------------------------------------------------------------- robustness
+
 
 def test_nan_input_gives_non_finite_metrics(expert_run, generator_run):
   cache_sizes = expert_run.step._cache_size(), generator_run.step._cache_size()
@@ -308,8 +376,11 @@ def test_bfloat16_compute_keeps_float32_state():
   stage = stages.get_stage('expert')
   state = stage.init(config, jax.random.key(0))
   state, history = run_steps(jax.jit(stage.train_step), state, expert_batch(), None, 3)
-  floats = [x for x in jax.tree_util.tree_leaves((state.params, state.batch_stats, state.opt_state))
-            if jnp.issubdtype(x.dtype, jnp.floating)]
+  floats = [
+    x
+    for x in jax.tree_util.tree_leaves((state.params, state.batch_stats, state.opt_state))
+    if jnp.issubdtype(x.dtype, jnp.floating)
+  ]
   assert {x.dtype for x in floats} == {jnp.dtype(jnp.float32)}
   assert all(np.isfinite(v) for h in history for v in h.values())
   assert history[-1]['loss'] < history[0]['loss']
@@ -322,12 +393,13 @@ def test_sample_grids_are_rgb_rows(generator_run):
   grid = np.asarray(stage.sample_grid(state, batch, None))
   assert grid.shape == (2, IMG, 4 * IMG, 3) and grid.min() >= 0 and grid.max() <= 1
   np.testing.assert_allclose(grid[:, :, :IMG], np.broadcast_to([0.0, 0.0, 1.0], (2, IMG, IMG, 3)))
-  np.testing.assert_allclose(grid[:, :, IMG:2 * IMG], batch['inputs'][:, 2, ..., 2::-1] / 255.0, atol=1e-6)
-  np.testing.assert_allclose(grid[:, :, 3 * IMG:], batch['gt'][:, 2, ..., ::-1] / 255.0, atol=1e-6)
+  np.testing.assert_allclose(grid[:, :, IMG : 2 * IMG], batch['inputs'][:, 2, ..., 2::-1] / 255.0, atol=1e-6)
+  np.testing.assert_allclose(grid[:, :, 3 * IMG :], batch['gt'][:, 2, ..., ::-1] / 255.0, atol=1e-6)
   strip = np.asarray(stages.get_stage('expert').sample_grid(None, expert_batch(2), None))
   assert strip.shape == (2, IMG // 2, 5 * IMG, 3)
-  np.testing.assert_allclose(strip[:, :, IMG:2 * IMG], expert_batch(2)['faces'][..., 5:2:-1] / 255.0,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    strip[:, :, IMG : 2 * IMG], expert_batch(2)['faces'][..., 5:2:-1] / 255.0, atol=1e-6
+  )
 
 
 def test_registry_and_config_errors():

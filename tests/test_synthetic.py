@@ -27,7 +27,9 @@ def test_mouth_follows_the_audio_around_each_frame():
   # Loudness of each frame's (lead-shifted) 40 ms window, measured directly from the waveform.
   half = int(0.02 * synthetic.SAMPLE_RATE)
   centres = ((np.arange(mouth.shape[0]) + 0.5) / 25 + synthetic.MOUTH_LEAD_SECONDS) * synthetic.SAMPLE_RATE
-  rms_db = np.array([10 * np.log10(np.mean(wav[int(c) - half:int(c) + half] ** 2) + 1e-10) for c in centres])
+  rms_db = np.array(
+    [10 * np.log10(np.mean(wav[int(c) - half : int(c) + half] ** 2) + 1e-10) for c in centres]
+  )
   openness = mouth[:, 0]
   assert np.corrcoef(openness, rms_db)[0, 1] > 0.5
   assert openness[rms_db < -45].max(initial=0) < 0.05  # (near-)silence -> closed mouth
@@ -35,8 +37,9 @@ def test_mouth_follows_the_audio_around_each_frame():
   assert np.all(mouth.std(axis=0) > 0.1)
   # The mouth leads the sound: loudness just after the frame explains the opening better than before it.
   early = [max(0, int(c) - 1600) for c in centres]  # 100 ms earlier
-  lagged = np.array([10 * np.log10(np.mean(wav[max(0, e - half):max(2 * half, e + half)] ** 2) + 1e-10)
-                     for e in early])
+  lagged = np.array(
+    [10 * np.log10(np.mean(wav[max(0, e - half) : max(2 * half, e + half)] ** 2) + 1e-10) for e in early]
+  )
   assert np.corrcoef(openness, rms_db)[0, 1] > np.corrcoef(openness, lagged)[0, 1] + 0.2
 
 
@@ -47,7 +50,7 @@ def test_only_the_mouth_region_correlates_with_the_audio():
   x1, y1, x2, y2 = (int(round(v)) for v in renderer.mouth_box())
   margin = 3  # head jitter stays within ~2 px
   outside = np.ones(frames.shape[1:], bool)
-  outside[y1 - margin:y2 + margin, x1 - margin:x2 + margin] = False
+  outside[y1 - margin : y2 + margin, x1 - margin : x2 + margin] = False
   opening = mouth[:, 0]
   inside_signal = frames[:, y1:y2, x1:x2].mean(axis=(1, 2))
   outside_signal = frames[:, outside].mean(axis=1)
@@ -56,7 +59,8 @@ def test_only_the_mouth_region_correlates_with_the_audio():
   # Per-pixel check outside the mouth box: no pixel tracks the opening.
   centred = frames[:, outside] - frames[:, outside].mean(axis=0)
   pixel_corr = (centred * (opening - opening.mean())[:, None]).mean(0) / (
-      centred.std(0) * opening.std() + 1e-6)
+    centred.std(0) * opening.std() + 1e-6
+  )
   assert np.quantile(np.abs(pixel_corr), 0.99) < 0.45
   # Boxes: true face box per frame, the head moves a little, independently of the audio.
   assert boxes.shape == (mouth.shape[0], 4)
@@ -103,8 +107,9 @@ def test_tiny_corpus_builds_with_lrs2_layout(tmp_path):
   assert synthetic.make_corpus(root, num_clips=3, seed=2, seconds=1.2, workers=1, progress=False)["reused"]
   synthetic.make_corpus(tmp_path / "b", num_clips=3, seed=2, seconds=1.2, workers=1, progress=False)
   for clip_id in listed:
-    np.testing.assert_array_equal(np.load(root / (clip_id + ".mouth.npy")),
-                                  np.load(tmp_path / "b" / (clip_id + ".mouth.npy")))
+    np.testing.assert_array_equal(
+      np.load(root / (clip_id + ".mouth.npy")), np.load(tmp_path / "b" / (clip_id + ".mouth.npy"))
+    )
     frames_a, _ = video.read_frames(root / (clip_id + ".mp4"))
     frames_b, _ = video.read_frames(tmp_path / "b" / (clip_id + ".mp4"))
     np.testing.assert_array_equal(frames_a, frames_b)

@@ -110,7 +110,7 @@ def test_same_frames_give_identical_files(tmp_path):
     with video.VideoWriter(tmp_path / name, fps=25, width=48, height=48) as writer:
       for i in range(12):
         frame = _frame(i, 48, 48).copy()  # fresh buffers each time
-        frame[10 + i:20 + i, 5:15] = 255  # some motion for inter prediction
+        frame[10 + i : 20 + i, 5:15] = 255  # some motion for inter prediction
         writer.write(frame)
       writer.close(audio=_tone(0.48))
     digests.append((tmp_path / name).read_bytes())

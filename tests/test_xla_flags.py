@@ -26,6 +26,7 @@ def test_user_setting_wins_and_opt_out_and_untested_jaxlib():
 
 def test_this_session_runs_with_the_defaults():
   import os  # pylint: disable=import-outside-toplevel
+
   if xla_flags._jaxlib_version() in xla_flags.TESTED_JAXLIB:  # pylint: disable=protected-access
     assert f'--{FLAG}=' in os.environ.get('XLA_FLAGS', '')
     assert '--xla_force_host_platform_device_count=8' in os.environ['XLA_FLAGS']  # conftest's kept

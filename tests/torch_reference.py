@@ -45,7 +45,8 @@ class Conv2dTranspose(nn.Module):
   def __init__(self, cin, cout, kernel_size, stride, padding, output_padding=0):
     super().__init__()
     self.conv_block = nn.Sequential(
-        nn.ConvTranspose2d(cin, cout, kernel_size, stride, padding, output_padding), nn.BatchNorm2d(cout))
+      nn.ConvTranspose2d(cin, cout, kernel_size, stride, padding, output_padding), nn.BatchNorm2d(cout)
+    )
     self.act = nn.ReLU()
 
   def forward(self, x):
@@ -62,17 +63,31 @@ class SyncNetColor(nn.Module):
   def __init__(self):
     super().__init__()
     self.face_encoder = nn.Sequential(
-        Conv2d(15, 32, 7, 1, 3), Conv2d(32, 64, 5, (1, 2), 1), *_res(64, 2),
-        Conv2d(64, 128, 3, 2, 1), *_res(128, 3),
-        Conv2d(128, 256, 3, 2, 1), *_res(256, 2),
-        Conv2d(256, 512, 3, 2, 1), *_res(512, 2),
-        Conv2d(512, 512, 3, 2, 1), Conv2d(512, 512, 3, 1, 0), Conv2d(512, 512, 1, 1, 0))
+      Conv2d(15, 32, 7, 1, 3),
+      Conv2d(32, 64, 5, (1, 2), 1),
+      *_res(64, 2),
+      Conv2d(64, 128, 3, 2, 1),
+      *_res(128, 3),
+      Conv2d(128, 256, 3, 2, 1),
+      *_res(256, 2),
+      Conv2d(256, 512, 3, 2, 1),
+      *_res(512, 2),
+      Conv2d(512, 512, 3, 2, 1),
+      Conv2d(512, 512, 3, 1, 0),
+      Conv2d(512, 512, 1, 1, 0),
+    )
     self.audio_encoder = nn.Sequential(
-        Conv2d(1, 32, 3, 1, 1), *_res(32, 2),
-        Conv2d(32, 64, 3, (3, 1), 1), *_res(64, 2),
-        Conv2d(64, 128, 3, 3, 1), *_res(128, 2),
-        Conv2d(128, 256, 3, (3, 2), 1), *_res(256, 2),
-        Conv2d(256, 512, 3, 1, 0), Conv2d(512, 512, 1, 1, 0))
+      Conv2d(1, 32, 3, 1, 1),
+      *_res(32, 2),
+      Conv2d(32, 64, 3, (3, 1), 1),
+      *_res(64, 2),
+      Conv2d(64, 128, 3, 3, 1),
+      *_res(128, 2),
+      Conv2d(128, 256, 3, (3, 2), 1),
+      *_res(256, 2),
+      Conv2d(256, 512, 3, 1, 0),
+      Conv2d(512, 512, 1, 1, 0),
+    )
 
   def forward(self, mel, faces):
     audio = self.audio_encoder(mel).reshape(mel.shape[0], -1)
@@ -85,28 +100,40 @@ class Wav2LipRef(nn.Module):
 
   def __init__(self):
     super().__init__()
-    self.face_encoder_blocks = nn.ModuleList([
+    self.face_encoder_blocks = nn.ModuleList(
+      [
         nn.Sequential(Conv2d(6, 16, 7, 1, 3)),
         nn.Sequential(Conv2d(16, 32, 3, 2, 1), *_res(32, 2)),
         nn.Sequential(Conv2d(32, 64, 3, 2, 1), *_res(64, 3)),
         nn.Sequential(Conv2d(64, 128, 3, 2, 1), *_res(128, 2)),
         nn.Sequential(Conv2d(128, 256, 3, 2, 1), *_res(256, 2)),
         nn.Sequential(Conv2d(256, 512, 3, 2, 1), *_res(512, 1)),
-        nn.Sequential(Conv2d(512, 512, 3, 1, 0), Conv2d(512, 512, 1, 1, 0))])
+        nn.Sequential(Conv2d(512, 512, 3, 1, 0), Conv2d(512, 512, 1, 1, 0)),
+      ]
+    )
     self.audio_encoder = nn.Sequential(
-        Conv2d(1, 32, 3, 1, 1), *_res(32, 2),
-        Conv2d(32, 64, 3, (3, 1), 1), *_res(64, 2),
-        Conv2d(64, 128, 3, 3, 1), *_res(128, 2),
-        Conv2d(128, 256, 3, (3, 2), 1), *_res(256, 1),
-        Conv2d(256, 512, 3, 1, 0), Conv2d(512, 512, 1, 1, 0))
-    self.face_decoder_blocks = nn.ModuleList([
+      Conv2d(1, 32, 3, 1, 1),
+      *_res(32, 2),
+      Conv2d(32, 64, 3, (3, 1), 1),
+      *_res(64, 2),
+      Conv2d(64, 128, 3, 3, 1),
+      *_res(128, 2),
+      Conv2d(128, 256, 3, (3, 2), 1),
+      *_res(256, 1),
+      Conv2d(256, 512, 3, 1, 0),
+      Conv2d(512, 512, 1, 1, 0),
+    )
+    self.face_decoder_blocks = nn.ModuleList(
+      [
         nn.Sequential(Conv2d(512, 512, 1, 1, 0)),
         nn.Sequential(Conv2dTranspose(1024, 512, 3, 1, 0), *_res(512, 1)),
         nn.Sequential(Conv2dTranspose(1024, 512, 3, 2, 1, 1), *_res(512, 2)),
         nn.Sequential(Conv2dTranspose(768, 384, 3, 2, 1, 1), *_res(384, 2)),
         nn.Sequential(Conv2dTranspose(512, 256, 3, 2, 1, 1), *_res(256, 2)),
         nn.Sequential(Conv2dTranspose(320, 128, 3, 2, 1, 1), *_res(128, 2)),
-        nn.Sequential(Conv2dTranspose(160, 64, 3, 2, 1, 1), *_res(64, 2))])
+        nn.Sequential(Conv2dTranspose(160, 64, 3, 2, 1, 1), *_res(64, 2)),
+      ]
+    )
     self.output_block = nn.Sequential(Conv2d(80, 32, 3, 1, 1), nn.Conv2d(32, 3, 1, 1, 0), nn.Sigmoid())
 
   def forward(self, mel, faces):
@@ -127,18 +154,21 @@ class QualityDiscRef(nn.Module):
   def __init__(self):
     super().__init__()
     c = NoNormConv2d
-    self.face_encoder_blocks = nn.ModuleList([
+    self.face_encoder_blocks = nn.ModuleList(
+      [
         nn.Sequential(c(3, 32, 7, 1, 3)),
         nn.Sequential(c(32, 64, 5, (1, 2), 2), c(64, 64, 5, 1, 2)),
         nn.Sequential(c(64, 128, 5, 2, 2), c(128, 128, 5, 1, 2)),
         nn.Sequential(c(128, 256, 5, 2, 2), c(256, 256, 5, 1, 2)),
         nn.Sequential(c(256, 512, 3, 2, 1), c(512, 512, 3, 1, 1)),
         nn.Sequential(c(512, 512, 3, 2, 1), c(512, 512, 3, 1, 1)),
-        nn.Sequential(c(512, 512, 3, 1, 0), c(512, 512, 1, 1, 0))])
+        nn.Sequential(c(512, 512, 3, 1, 0), c(512, 512, 1, 1, 0)),
+      ]
+    )
     self.binary_pred = nn.Sequential(nn.Conv2d(512, 1, 1, 1, 0), nn.Sigmoid())
 
   def forward(self, faces):
-    x = faces[:, :, faces.shape[2] // 2:]
+    x = faces[:, :, faces.shape[2] // 2 :]
     for block in self.face_encoder_blocks:
       x = block(x)
     return self.binary_pred(x).reshape(len(x), -1)

@@ -1,60 +1,187 @@
 """The built-in demo corpus as training shards, built on first use into a cache directory.
 
-`ensure_demo_shards()` renders the synthetic talking-face corpus (lipsync_jax.data.synthetic.make_corpus),
-preprocesses it like any other video corpus (data_pipelines.preprocess.run: face detection, crops, mels,
-TFRecord shards) and returns the shards directory. Later calls reuse it. The cache directory is
-$LIPSYNC_JAX_CACHE, else ~/.cache/lipsync_jax. Processes on one host that ask at the same time build it
-once (a file lock); each host with its own disk builds its own copy.
+Owns the demo corpus cache (`ensure_demo_shards`, `demo_paths`, `cache_root`) and the local, Beam-free
+shard builder it uses (`build_shards`):
+
+  lipsync_jax.data.synthetic.make_corpus (render the cartoon talking faces: mp4 + filelists)
+  -> lipsync_jax.data.clips.process_to_record per clip (the very function the Beam job runs), in a process
+     pool over the cores this process may use
+  -> lipsync_jax.data.tfrecord.write_tfrecord, records in sorted (split, clip id) order, the Beam job's
+     shard names -> lipsync_jax.data.dataset_info (the same content as the Beam job's, created_by this
+     module, last_run describing the pool).
+
+Later calls reuse the shards. The cache directory is $LIPSYNC_JAX_CACHE, else ~/.cache/lipsync_jax.
+Processes on one host that ask at the same time build it once (a file lock); each host with its own disk
+builds its own copy. Building shows tqdm progress bars (rate, ETA) and prints nothing else.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
+import multiprocessing
 import os
 import time
 
+import tqdm
+
+from lipsync_jax.data import clips, dataset_info, records, tfrecord
+from lipsync_jax.data.clips import ClipTask, PreprocessConfig
+
 CACHE_ENV = 'LIPSYNC_JAX_CACHE'
 DEFAULT_NUM_CLIPS = 120
-INFO_FILE = 'dataset_info.json'
+log = logging.getLogger(__name__)
 
 
 def cache_root(cache_dir: str | None = None) -> str:
   return os.path.expanduser(cache_dir or os.environ.get(CACHE_ENV) or '~/.cache/lipsync_jax')
 
 
-def demo_paths(cache_dir: str | None = None, num_clips: int = DEFAULT_NUM_CLIPS, img_size: int = 96,
-               seed: int = 0) -> tuple[str, str]:
+def demo_paths(
+  cache_dir: str | None = None, num_clips: int = DEFAULT_NUM_CLIPS, img_size: int = 96, seed: int = 0
+) -> tuple[str, str]:
   """(raw corpus dir, shards dir) of one demo corpus configuration inside the cache."""
   base = os.path.join(cache_root(cache_dir), f'demo-{num_clips}clips-seed{seed}')
   return os.path.join(base, 'raw'), os.path.join(base, f'shards-{img_size}px')
 
 
-def ensure_demo_shards(cache_dir: str | None = None, num_clips: int = DEFAULT_NUM_CLIPS, img_size: int = 96,
-                       seed: int = 0) -> str:
-  """Returns the shards dir of the demo corpus, building it (logged, with progress) if it is missing."""
+def _usable_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0)) or 1
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
+# One detector per worker process (set by the pool's initializer).
+_WORKER: dict = {}
+
+
+def _init_worker(config: PreprocessConfig) -> None:
+  _WORKER['config'], _WORKER['detector'] = config, config.make_detector()
+
+
+def _process(task: ClipTask) -> tuple[bytes | None, dict]:
+  return clips.process_to_record(task, _WORKER['config'], _WORKER['detector'])
+
+
+def build_shards(
+  data_root: str,
+  out_dir: str,
+  config: PreprocessConfig,
+  workers: int | None = None,
+  clips_per_shard: int = 128,
+  progress: bool = True,
+) -> dict:
+  """Preprocesses data_root/{train,val,test}.txt clips into out_dir without Beam; returns dataset_info.
+
+  Same records as `python -m data_pipelines.preprocess --data_root DATA_ROOT` with the same settings (the
+  same per-clip function), written in sorted (split, clip id) order: shard i of n holds the i-th of n
+  contiguous runs. Older shards in out_dir are replaced. workers: processes (default: the cores this
+  process may use; 1 = in this process).
+  """
+  start = time.time()
+  tasks, duplicates = clips.dedupe(clips.list_tasks(data_root=data_root))
+  tasks = sorted(tasks, key=lambda t: (t.split, t.clip_id))
+  workers = max(1, min(int(workers or _usable_cores()), len(tasks)))
+  results: list[tuple[bytes | None, dict]] = []
+  bar = tqdm.tqdm(total=len(tasks), desc='demo corpus: preprocessing', unit='clip', disable=not progress)
+  if workers == 1:
+    _init_worker(config)
+    for task in tasks:
+      results.append(_process(task))
+      bar.update()
+  else:
+    # spawn: safe even when the caller has JAX/threads running (fork is not).
+    with multiprocessing.get_context('spawn').Pool(workers, _init_worker, (config,)) as pool:
+      for result in pool.imap(_process, tasks):
+        results.append(result)
+        bar.update()
+  bar.close()
+  reports = [report for _, report in results] + duplicates
+  per_split: dict[str, list[bytes]] = {}
+  tasks_per_split: dict[str, int] = {}
+  for task, (record, _) in zip(tasks, results):
+    per_split.setdefault(task.split, [])
+    tasks_per_split[task.split] = tasks_per_split.get(task.split, 0) + 1
+    if record is not None:
+      per_split[task.split].append(record)
+  # As the Beam job: shards from the clips listed (skipped ones included).
+  shards_per_split = dataset_info.shards_per_split(tasks_per_split, clips_per_shard=clips_per_shard)
+  os.makedirs(out_dir, exist_ok=True)
+  written = _write_shards(out_dir, per_split, shards_per_split)
+  for name in os.listdir(out_dir):
+    if records.SHARD_PATTERN.match(name) and name not in written:
+      os.remove(os.path.join(out_dir, name))  # a shard of an earlier build with other settings
+  elapsed = time.time() - start
+  run_meta = dict(
+    runner='lipsync_jax.data.demo (process pool)',
+    num_inputs=len(tasks),
+    seconds=round(elapsed, 2),
+    counters=dataset_info.counters(reports),
+    clips_per_second=round(len(tasks) / max(elapsed, 1e-9), 3),
+    workers=workers,
+    finished=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+  )
+  info = dataset_info.build(
+    config,
+    reports,
+    shards_per_split,
+    previous=None,
+    overwrite=True,
+    run_meta=run_meta,
+    created_by='lipsync_jax.data.demo',
+  )
+  dataset_info.write(out_dir, info)  # last: its presence marks a complete build
+  return info
+
+
+def _write_shards(
+  out_dir: str, per_split: dict[str, list[bytes]], shards_per_split: dict[str, int]
+) -> set[str]:
+  written = set()
+  for split, split_records in per_split.items():
+    count = shards_per_split[split]
+    bounds = [round(i * len(split_records) / count) for i in range(count + 1)]
+    for i in range(count):
+      name = records.shard_name(split, i, count)
+      tfrecord.write_tfrecord(os.path.join(out_dir, name), split_records[bounds[i] : bounds[i + 1]])
+      written.add(name)
+  return written
+
+
+def ensure_demo_shards(
+  cache_dir: str | None = None, num_clips: int = DEFAULT_NUM_CLIPS, img_size: int = 96, seed: int = 0
+) -> str:
+  """Returns the shards dir of the demo corpus, building it (with progress bars) if it is missing."""
   raw_dir, shards_dir = demo_paths(cache_dir, num_clips, img_size, seed)
-  if os.path.isfile(os.path.join(shards_dir, INFO_FILE)):
+  if os.path.isfile(os.path.join(shards_dir, dataset_info.INFO_FILE)):
     return shards_dir
   os.makedirs(os.path.dirname(shards_dir), exist_ok=True)
   lock_path = os.path.join(os.path.dirname(shards_dir), '.build.lock')
   with open(lock_path, 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # another process on this host may be building it right now
     try:
-      if os.path.isfile(os.path.join(shards_dir, INFO_FILE)):
+      if os.path.isfile(os.path.join(shards_dir, dataset_info.INFO_FILE)):
         return shards_dir
-      from data_pipelines import preprocess  # pylint: disable=g-import-not-at-top
       from lipsync_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+
       start = time.time()
-      logging.info('demo corpus: building %d synthetic clips (seed %d) into %s (first use; set $%s to '
-                   'choose the cache dir)', num_clips, seed, raw_dir, CACHE_ENV)
+      log.debug(
+        'demo corpus: building %d synthetic clips (seed %d) into %s (first use; set $%s to choose '
+        'the cache dir)',
+        num_clips,
+        seed,
+        raw_dir,
+        CACHE_ENV,
+      )
       synthetic.make_corpus(raw_dir, num_clips=num_clips, seed=seed)
-      logging.info('demo corpus: preprocessing into %s shards at %d px', shards_dir, img_size)
-      info = preprocess.run(shards_dir, data_root=raw_dir, img_size=img_size, detector='haar')
-      logging.info('demo corpus: ready in %.0f s: %s', time.time() - start,
-                   json.dumps({k: info.get(k) for k in ('num_clips', 'num_skipped', 'splits')
-                               if k in info}))
+      info = build_shards(raw_dir, shards_dir, PreprocessConfig(img_size=img_size, detector='haar'))
+      log.debug(
+        'demo corpus: ready in %.0f s: %d clips, %d skipped',
+        time.time() - start,
+        info['num_clips'],
+        info['num_skipped'],
+      )
     finally:
       fcntl.flock(lock, fcntl.LOCK_UN)
   return shards_dir

@@ -131,8 +131,16 @@ class EncodedClip:
     return np.stack([self.frame(int(i)) for i in indices])
 
   def to_clip(self) -> Clip:
-    return Clip(self.clip_id, self.split, self.frames(range(self.num_frames)), self.mel, self.boxes,
-                self.fps, self.source, self.sample_rate)
+    return Clip(
+      self.clip_id,
+      self.split,
+      self.frames(range(self.num_frames)),
+      self.mel,
+      self.boxes,
+      self.fps,
+      self.source,
+      self.sample_rate,
+    )
 
 
 def parse_example(serialized: bytes) -> EncodedClip:
@@ -160,16 +168,19 @@ def parse_example(serialized: bytes) -> EncodedClip:
   mel_steps = one_int("mel_steps")
   mel = np.frombuffer(one_bytes("mel"), dtype="<f4")
   if mel.size != windows.NUM_MELS * mel_steps:
-    raise ValueError(f"clip {one_bytes('clip_id').decode()}: mel has {mel.size} values, "
-                     f"expected 80 x {mel_steps}")
+    raise ValueError(
+      f"clip {one_bytes('clip_id').decode()}: mel has {mel.size} values, expected 80 x {mel_steps}"
+    )
   frames = list(feature["frames"].bytes_list.value)
   if len(frames) != num_frames:
-    raise ValueError(f"clip {one_bytes('clip_id').decode()}: {len(frames)} frames stored, "
-                     f"num_frames says {num_frames}")
+    raise ValueError(
+      f"clip {one_bytes('clip_id').decode()}: {len(frames)} frames stored, num_frames says {num_frames}"
+    )
   boxes = np.asarray(feature["boxes"].int64_list.value, dtype=np.int64) if "boxes" in feature else None
   boxes = boxes.reshape(-1, 4) if boxes is not None and boxes.size else np.zeros((num_frames, 4), np.int64)
   fps_values = feature["fps"].float_list.value if "fps" in feature else []
-  return EncodedClip(dict(
+  return EncodedClip(
+    dict(
       clip_id=one_bytes("clip_id").decode(),
       split=one_bytes("split").decode(),
       source=one_bytes("source").decode(),
@@ -181,4 +192,5 @@ def parse_example(serialized: bytes) -> EncodedClip:
       boxes=boxes,
       sample_rate=one_int("sample_rate", 16000),
       mel=mel.reshape(windows.NUM_MELS, mel_steps),
-  ))
+    )
+  )

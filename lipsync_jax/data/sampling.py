@@ -3,12 +3,42 @@
 Owns: which frames and mel windows one training sample reads (`window_start_range`, `plan_sample`), how a
 sample is written into the batch arrays (`write_expert_sample`, `write_generator_sample`), the grain
 transforms built on them (`WindowPlanner`, `BatchAssembler`) and the batch layout (`element_spec`).
+
+Sampling (spec section 6; frame f's mel window starts at int(80 * f / 25), see lipsync_jax.windows):
+  expert     a, b != a uniform over the 5-frame windows [0, N-5] (a's mel window inside the mel);
+             label 1 (p = 0.5): faces = window at a, else faces = window at b; mel = window at a.
+             (a is a full window start for both labels; the original checked frames a..a+4 only for
+             label 1, but near a clip's end a's mel window does not fit anyway, so the ranges agree.)
+  generator  a in [1, N-5] (indiv_mels use frame f-1), b != a in [0, N-5]; gt = window at a,
+             inputs = concat_channels(gt with lower half zeroed, window at b); mel = window at a;
+             indiv_mels[k] = mel window of frame a + k - 1, every mel window fully inside the mel.
+
+Batches (per process; b = global_batch_size // process_count, S = img_size):
+  expert:    faces (b, S/2, S, 15) uint8 (lower halves, frame-major channels), mel (b, 80, 16, 1) f32,
+             label (b, 1) f32
+  generator: inputs (b, 5, S, S, 6) uint8, gt (b, 5, S, S, 3) uint8, indiv_mels (b, 5, 80, 16, 1) f32,
+             mel (b, 80, 16, 1) f32
+
+Decode only what a sample uses: a record is parsed with `lipsync_jax.data.records.parse_example` (frames
+stay JPEG bytes) and only the 5 (expert) or 10 (generator) frames of the sample are decoded, straight into
+the preallocated batch arrays; channel interleaving by cv2.mixChannels (NumPy's strided writes into the
+6-channel layout cost ~0.5 ms per generator sample, as much as decoding its 10 JPEGs). Images stay uint8
+(BGR, 0..255); the train step converts on device (x / 255). bench/input_bench.py measures it: float32
+batches are 4x the bytes to build, copy between worker processes and transfer to the device, and
+converting on the host is slower than on the device.
+
+Errors: a record that does not parse or whose JPEG frames do not decode fails when sampled with
+`CorruptRecordError` naming shard, record number and offset (we fail rather than skip so a corrupt shard
+never silently changes the data; the message says to re-run preprocessing). Clips too short for a window
+(<= 15 frames, or a mel that ends early) are skipped and counted: the sampler draws another clip of the
+same process slice with the same RNG (what the original loader did) and warns once per clip.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import cv2
 import grain
@@ -23,7 +53,6 @@ MIN_CLIP_FRAMES = 3 * windows.SYNC_T + 1  # spec: clips need more than 3*T = 15 
 _MAX_RESAMPLES = 100
 
 
-
 def last_mel_frame(mel_steps: int, num_frames: int, fps: float = windows.FPS) -> int:
   """Largest frame f < num_frames whose 16-step mel window lies inside a mel of `mel_steps` (-1 if none)."""
   frame = num_frames - 1
@@ -32,8 +61,9 @@ def last_mel_frame(mel_steps: int, num_frames: int, fps: float = windows.FPS) ->
   return frame
 
 
-def window_start_range(num_frames: int, mel_steps: int, mode: str,
-                       fps: float = windows.FPS) -> tuple[int, int] | None:
+def window_start_range(
+  num_frames: int, mel_steps: int, mode: str, fps: float = windows.FPS
+) -> tuple[int, int] | None:
   """Inclusive range [lo, hi] of frames a at which a sample of `mode` fits the clip, or None.
 
   expert: frames a..a+4 exist and a's mel window fits. generator: additionally a >= 1 and the windows of
@@ -69,8 +99,9 @@ class SamplePlan(NamedTuple):
   label: bool
 
 
-def plan_sample(clip: records.EncodedClip, location: str, mode: str, rng: np.random.Generator,
-                bounds: tuple[int, int]) -> SamplePlan:
+def plan_sample(
+  clip: records.EncodedClip, location: str, mode: str, rng: np.random.Generator, bounds: tuple[int, int]
+) -> SamplePlan:
   a, b = _draw_windows(rng, *bounds, clip.num_frames - windows.SYNC_T)
   label = bool(rng.random() < 0.5) if mode == "expert" else True
   return SamplePlan(clip, location, a, b, label)
@@ -78,7 +109,7 @@ def plan_sample(clip: records.EncodedClip, location: str, mode: str, rng: np.ran
 
 def _mel_window(clip: records.EncodedClip, frame: int) -> np.ndarray:
   start = windows.mel_window_start(frame, clip.fps)
-  return clip.mel[:, start:start + windows.MEL_STEPS, None]  # (80, 16, 1)
+  return clip.mel[:, start : start + windows.MEL_STEPS, None]  # (80, 16, 1)
 
 
 def _frame(clip: records.EncodedClip, index: int, img_size: int) -> np.ndarray:
@@ -101,8 +132,9 @@ def _interleave_channels(images: Sequence[np.ndarray], out: np.ndarray):
 def write_expert_sample(plan: SamplePlan, img_size: int, batch: dict[str, np.ndarray], row: int):
   """faces = lower halves of the window at a (label 1) or b (label 0); mel = window at a."""
   start = plan.a if plan.label else plan.b
-  lower_halves = [windows.lower_half(_frame(plan.clip, f, img_size))
-                  for f in range(start, start + windows.SYNC_T)]
+  lower_halves = [
+    windows.lower_half(_frame(plan.clip, f, img_size)) for f in range(start, start + windows.SYNC_T)
+  ]
   _interleave_channels(lower_halves, batch["faces"][row])  # == stack_on_channels(stack(lower_halves))
   batch["mel"][row] = _mel_window(plan.clip, plan.a)
   batch["label"][row] = float(plan.label)
@@ -123,8 +155,9 @@ SAMPLE_WRITERS = {"expert": write_expert_sample, "generator": write_generator_sa
 
 
 def _corrupt_record(location: str, error: Exception) -> CorruptRecordError:
-  return CorruptRecordError(f"{location}: {error}. Re-run preprocessing for this split, or move the shard "
-                            "out of the directory.")
+  return CorruptRecordError(
+    f"{location}: {error}. Re-run preprocessing for this split, or move the shard out of the directory."
+  )
 
 
 class WindowPlanner(grain.transforms.RandomMap):
@@ -161,12 +194,21 @@ class WindowPlanner(grain.transforms.RandomMap):
       self.skipped += 1
       if clip.clip_id not in self._warned:
         self._warned.add(clip.clip_id)
-        logging.warning("input_pipeline: skipping clip %s (%s): %d frames / %d mel steps leave no %s window "
-                        "(%d skipped draws so far in this process)", clip.clip_id, element.location,
-                        clip.num_frames, clip.mel.shape[1], self.mode, self.skipped)
+        logging.warning(
+          "input_pipeline: skipping clip %s (%s): %d frames / %d mel steps leave no %s window "
+          "(%d skipped draws so far in this process)",
+          clip.clip_id,
+          element.location,
+          clip.num_frames,
+          clip.mel.shape[1],
+          self.mode,
+          self.skipped,
+        )
       element = self.fallback[int(rng.integers(len(self.fallback)))]
-    raise ValueError(f"no usable clips for mode {self.mode!r}: {_MAX_RESAMPLES} draws in a row had fewer "
-                     f"than {MIN_CLIP_FRAMES} frames or too short a mel")
+    raise ValueError(
+      f"no usable clips for mode {self.mode!r}: {_MAX_RESAMPLES} draws in a row had fewer "
+      f"than {MIN_CLIP_FRAMES} frames or too short a mel"
+    )
 
 
 class BatchAssembler:
@@ -192,9 +234,16 @@ def element_spec(mode: str, batch_size: int, img_size: int) -> dict[str, tuple[t
   t, s = windows.SYNC_T, img_size
   mel = ((batch_size, windows.NUM_MELS, windows.MEL_STEPS, 1), np.float32)
   if mode == "expert":
-    return {"faces": ((batch_size, s - s // 2, s, 3 * t), np.uint8), "mel": mel,  # rows S//2..S
-            "label": ((batch_size, 1), np.float32)}
+    return {
+      "faces": ((batch_size, s - s // 2, s, 3 * t), np.uint8),
+      "mel": mel,  # rows S//2..S
+      "label": ((batch_size, 1), np.float32),
+    }
   if mode == "generator":
-    return {"inputs": ((batch_size, t, s, s, 6), np.uint8), "gt": ((batch_size, t, s, s, 3), np.uint8),
-            "indiv_mels": ((batch_size, t, windows.NUM_MELS, windows.MEL_STEPS, 1), np.float32), "mel": mel}
+    return {
+      "inputs": ((batch_size, t, s, s, 6), np.uint8),
+      "gt": ((batch_size, t, s, s, 3), np.uint8),
+      "indiv_mels": ((batch_size, t, windows.NUM_MELS, windows.MEL_STEPS, 1), np.float32),
+      "mel": mel,
+    }
   raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

@@ -62,11 +62,11 @@ CLIPS_PER_SPEAKER = 4
 
 # name -> (F1, F2, F3) Hz, mouth (width, round, jaw openness)
 VOWELS = {
-    "a": ((730, 1090, 2440), (0.55, 0.0, 1.0)),
-    "e": ((530, 1840, 2480), (0.8, 0.05, 0.65)),
-    "i": ((270, 2290, 3010), (1.0, 0.0, 0.35)),
-    "o": ((570, 840, 2410), (0.3, 0.7, 0.75)),
-    "u": ((300, 870, 2240), (0.1, 1.0, 0.4)),
+  "a": ((730, 1090, 2440), (0.55, 0.0, 1.0)),
+  "e": ((530, 1840, 2480), (0.8, 0.05, 0.65)),
+  "i": ((270, 2290, 3010), (1.0, 0.0, 0.35)),
+  "o": ((570, 840, 2410), (0.3, 0.7, 0.75)),
+  "u": ((300, 870, 2240), (0.1, 1.0, 0.4)),
 }
 _VOWEL_NAMES = tuple(VOWELS)
 _FORMANT_BANDWIDTHS = (90.0, 110.0, 170.0)
@@ -86,8 +86,11 @@ class Voice:
 
 
 def random_voice(rng: np.random.Generator) -> Voice:
-  return Voice(f0=float(rng.uniform(90, 240)), formant_scale=float(rng.uniform(0.9, 1.15)),
-               burst_centre=float(rng.uniform(3000, 5500)))
+  return Voice(
+    f0=float(rng.uniform(90, 240)),
+    formant_scale=float(rng.uniform(0.9, 1.15)),
+    burst_centre=float(rng.uniform(3000, 5500)),
+  )
 
 
 def _resonator(signal: np.ndarray, freq: float, bandwidth: float) -> np.ndarray:
@@ -104,7 +107,7 @@ def _envelope(n: int, edge: int) -> np.ndarray:
   if edge > 0:
     ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(edge) / edge)
     env[:edge] = ramp
-    env[n - edge:] = ramp[::-1]
+    env[n - edge :] = ramp[::-1]
   return env
 
 
@@ -135,19 +138,20 @@ def synthesize_speech(rng: np.random.Generator, seconds: float, voice: Voice):
       segment = np.zeros(n)
       for formant, bandwidth, gain in zip(VOWELS[_VOWEL_NAMES[v]][0], _FORMANT_BANDWIDTHS, (1.0, 0.6, 0.3)):
         segment += gain * _resonator(source, formant * voice.formant_scale, bandwidth)
-      segment /= np.sqrt(np.mean(segment ** 2)) + 1e-9
-      vowel[pos:pos + n] = v
+      segment /= np.sqrt(np.mean(segment**2)) + 1e-9
+      vowel[pos : pos + n] = v
     elif choice == _BURST:
       centre = voice.burst_centre * rng.uniform(0.8, 1.2)
-      sos = scipy.signal.butter(2, (centre * 0.6, min(centre * 1.4, 7800)), btype="bandpass",
-                                fs=SAMPLE_RATE, output="sos")
+      sos = scipy.signal.butter(
+        2, (centre * 0.6, min(centre * 1.4, 7800)), btype="bandpass", fs=SAMPLE_RATE, output="sos"
+      )
       segment = scipy.signal.sosfilt(sos, rng.standard_normal(n))
-      segment /= np.sqrt(np.mean(segment ** 2)) + 1e-9
+      segment /= np.sqrt(np.mean(segment**2)) + 1e-9
       level *= 0.5
     else:
       segment = np.zeros(n)
-    wav[pos:pos + n] = level * segment * _envelope(n, edge)
-    kind[pos:pos + n] = choice
+    wav[pos : pos + n] = level * segment * _envelope(n, edge)
+    kind[pos : pos + n] = choice
     pos += n
     previous = choice
   active = kind != _PAUSE
@@ -164,11 +168,12 @@ def mouth_parameters(wav: np.ndarray, kind: np.ndarray, vowel: np.ndarray, num_f
   voiced = np.where(kind == _VOICED, power, 0.0)
   burst = np.where(kind == _BURST, power, 0.0)
   targets = np.array([VOWELS[name][1] for name in _VOWEL_NAMES])  # (5, 3) width, round, openness
-  vowel_width, vowel_round, vowel_jaw = (np.where(vowel >= 0, targets[np.maximum(vowel, 0), k], 0.0)
-                                         for k in range(3))
+  vowel_width, vowel_round, vowel_jaw = (
+    np.where(vowel >= 0, targets[np.maximum(vowel, 0), k], 0.0) for k in range(3)
+  )
   half = int(MOUTH_WINDOW_SECONDS * SAMPLE_RATE / 2)
   out = np.zeros((num_frames, 4), np.float32)
-  floor = 1e-4 ** 2  # power floor: below it a window counts as quiet
+  floor = 1e-4**2  # power floor: below it a window counts as quiet
   for f in range(num_frames):
     centre = int(((f + 0.5) / FPS + MOUTH_LEAD_SECONDS) * SAMPLE_RATE)
     lo, hi = max(0, centre - half), min(wav.size, centre + half)
@@ -200,8 +205,9 @@ def synthesize_audio_and_mouth(seed: int = 0, seconds: float = 2.0, voice: Voice
   return wav, mouth_parameters(wav, kind, vowel, num_frames)
 
 
-def oracle_sync_accuracy(mouths, num_pairs: int = 20000, seed: int = 0, tolerance: float = 0.02,
-                         window: int = 5) -> float:
+def oracle_sync_accuracy(
+  mouths, num_pairs: int = 20000, seed: int = 0, tolerance: float = 0.02, window: int = 5
+) -> float:
   """Accuracy cap of a perfect sync expert on this corpus, sampling pairs like the original (spec sec. 6).
 
   mouths: per-clip (N, 4) mouth parameters (the .mouth.npy files). A pair takes a clip, frames a != b,
@@ -218,8 +224,8 @@ def oracle_sync_accuracy(mouths, num_pairs: int = 20000, seed: int = 0, toleranc
     mouth = mouths[rng.integers(len(mouths))]
     a, b = rng.choice(len(mouth) - window + 1, size=2, replace=False)
     label = rng.random() < 0.5
-    shown = mouth[a:a + window] if label else mouth[b:b + window]
-    predicted = float(np.abs(shown - mouth[a:a + window]).mean()) <= tolerance
+    shown = mouth[a : a + window] if label else mouth[b : b + window]
+    predicted = float(np.abs(shown - mouth[a : a + window]).mean()) <= tolerance
     correct += predicted == label
   return correct / num_pairs
 
@@ -257,19 +263,19 @@ def random_identity(rng: np.random.Generator) -> Identity:
   lips = skin * np.array([0.6, 0.55, 0.9]) + np.array([0, 0, 10])
   iris = rng.choice([[60, 40, 20], [120, 90, 40], [40, 90, 60], [30, 30, 30]])
   return Identity(
-      skin=tuple(float(c) for c in np.clip(skin, 0, 255)),
-      hair=tuple(float(c) for c in hair),
-      lips=tuple(float(c) for c in np.clip(lips, 0, 255)),
-      iris=tuple(float(c) for c in iris),
-      aspect=float(rng.uniform(1.18, 1.34)),
-      eye_spacing=float(rng.uniform(0.19, 0.23)),
-      eye_size=float(rng.uniform(0.11, 0.14)),
-      brow_thickness=float(rng.uniform(0.035, 0.06)),
-      brow_tilt=float(rng.uniform(-0.03, 0.04)),
-      nose_length=float(rng.uniform(0.14, 0.2)),
-      mouth_width=float(rng.uniform(0.32, 0.40)),
-      hair_style=int(rng.integers(3)),
-      voice=random_voice(rng),
+    skin=tuple(float(c) for c in np.clip(skin, 0, 255)),
+    hair=tuple(float(c) for c in hair),
+    lips=tuple(float(c) for c in np.clip(lips, 0, 255)),
+    iris=tuple(float(c) for c in iris),
+    aspect=float(rng.uniform(1.18, 1.34)),
+    eye_spacing=float(rng.uniform(0.19, 0.23)),
+    eye_size=float(rng.uniform(0.11, 0.14)),
+    brow_thickness=float(rng.uniform(0.035, 0.06)),
+    brow_tilt=float(rng.uniform(-0.03, 0.04)),
+    nose_length=float(rng.uniform(0.14, 0.2)),
+    mouth_width=float(rng.uniform(0.32, 0.40)),
+    hair_style=int(rng.integers(3)),
+    voice=random_voice(rng),
   )
 
 
@@ -292,14 +298,14 @@ def random_scene(rng: np.random.Generator, frame_size: int) -> Scene:
   margin = frame_size * 0.09
   centre = (frame_size / 2 + rng.uniform(-margin, margin), frame_size / 2 + rng.uniform(-margin, margin))
   return Scene(
-      centre=(float(centre[0]), float(centre[1])),
-      face_width=float(face_width),
-      gain=float(rng.uniform(0.8, 1.15)),
-      light_direction=float(rng.uniform(0, 2 * math.pi)),
-      light_strength=float(rng.uniform(0.0, 0.25)),
-      tint=tuple(float(t) for t in rng.uniform(0.92, 1.08, 3)),
-      background=tuple(tuple(float(c) for c in rng.uniform(30, 230, 3)) for _ in range(2)),
-      background_angle=float(rng.uniform(0, 2 * math.pi)),
+    centre=(float(centre[0]), float(centre[1])),
+    face_width=float(face_width),
+    gain=float(rng.uniform(0.8, 1.15)),
+    light_direction=float(rng.uniform(0, 2 * math.pi)),
+    light_strength=float(rng.uniform(0.0, 0.25)),
+    tint=tuple(float(t) for t in rng.uniform(0.92, 1.08, 3)),
+    background=tuple(tuple(float(c) for c in rng.uniform(30, 230, 3)) for _ in range(2)),
+    background_angle=float(rng.uniform(0, 2 * math.pi)),
   )
 
 
@@ -315,8 +321,18 @@ def _p(x: float) -> int:
 
 
 def _ellipse(img, centre, axes, colour, thickness=-1, arc=(0, 360)):
-  cv2.ellipse(img, (_p(centre[0]), _p(centre[1])), (max(0, _p(axes[0])), max(0, _p(axes[1]))), 0, arc[0],
-              arc[1], colour, thickness, cv2.LINE_AA, _SHIFT)
+  cv2.ellipse(
+    img,
+    (_p(centre[0]), _p(centre[1])),
+    (max(0, _p(axes[0])), max(0, _p(axes[1]))),
+    0,
+    arc[0],
+    arc[1],
+    colour,
+    thickness,
+    cv2.LINE_AA,
+    _SHIFT,
+  )
 
 
 class FaceRenderer:
@@ -327,8 +343,11 @@ class FaceRenderer:
     size = frame_size
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
     # Lighting field (per clip): gain x directional gradient x tint.
-    light = scene.gain * (1 + scene.light_strength * (np.cos(scene.light_direction) * xx * 2
-                                                      + np.sin(scene.light_direction) * yy * 2))
+    light = scene.gain * (
+      1
+      + scene.light_strength
+      * (np.cos(scene.light_direction) * xx * 2 + np.sin(scene.light_direction) * yy * 2)
+    )
     self.light = light[..., None] * np.array(scene.tint, np.float32)
     ramp = np.clip(0.5 + np.cos(scene.background_angle) * xx + np.sin(scene.background_angle) * yy, 0, 1)
     c0, c1 = (np.array(c, np.float32) for c in scene.background)
@@ -362,8 +381,12 @@ class FaceRenderer:
       _ellipse(alpha, (cx, cy - 0.12 * fh), (0.54 * fw, 0.46 * fh), 1.0)
     # Ears.
     for side in (-1, 1):
-      _ellipse(face, (cx + side * 0.49 * fw, cy - 0.02 * fh), (0.08 * fw, 0.12 * fh),
-               tuple(0.85 * c for c in ident.skin))
+      _ellipse(
+        face,
+        (cx + side * 0.49 * fw, cy - 0.02 * fh),
+        (0.08 * fw, 0.12 * fh),
+        tuple(0.85 * c for c in ident.skin),
+      )
       _ellipse(alpha, (cx + side * 0.49 * fw, cy - 0.02 * fh), (0.08 * fw, 0.12 * fh), 1.0)
     # Skin with volume shading: darker towards the rim, lit cheeks and nose bridge.
     skin_mask = np.zeros((size, size), np.float32)
@@ -396,8 +419,15 @@ class FaceRenderer:
       pts = np.array([[ex - 1.2 * es, by + tilt], [ex + 1.2 * es, by - tilt]])
       if side < 0:
         pts = pts[::-1]
-      cv2.line(face, (_p(pts[0][0]), _p(pts[0][1])), (_p(pts[1][0]), _p(pts[1][1])), hair,
-               max(1, int(round(ident.brow_thickness * fw))), cv2.LINE_AA, _SHIFT)
+      cv2.line(
+        face,
+        (_p(pts[0][0]), _p(pts[0][1])),
+        (_p(pts[1][0]), _p(pts[1][1])),
+        hair,
+        max(1, int(round(ident.brow_thickness * fw))),
+        cv2.LINE_AA,
+        _SHIFT,
+      )
     # Nose: lit bridge, shadowed sides, nostrils.
     nose_top, nose_tip = eye_y + 0.2 * es, cy + ident.nose_length * fh * 0.8
     highlight = tuple(min(255.0, 1.12 * c) for c in ident.skin)
@@ -451,8 +481,12 @@ class FaceRenderer:
       _ellipse(frame, (cx, cy - half_h + tooth_h * 0.6), (half_w * 0.75, tooth_h * 0.6), colour)
       _ellipse(frame, (cx, cy + half_h - tooth_h * 0.5), (half_w * 0.65, tooth_h * 0.5), colour)
     if opening > 0.3:  # tongue in a wide-open mouth
-      _ellipse(frame, (cx, cy + 0.6 * half_h), (0.55 * half_w, 0.3 * half_h),
-               tuple(float(c) for c in np.array((90, 90, 190), np.float32) * light))
+      _ellipse(
+        frame,
+        (cx, cy + 0.6 * half_h),
+        (0.55 * half_w, 0.3 * half_h),
+        tuple(float(c) for c in np.array((90, 90, 190), np.float32) * light),
+      )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -494,8 +528,9 @@ def render_clip(spec: ClipSpec) -> RenderedClip:
   renderer = FaceRenderer(identity, scene, spec.frame_size)
   # Head motion: slow sway + smoothed random walk, within ~2 px; independent of the audio.
   t = np.arange(num_frames) / FPS
-  sway = jitter_rng.uniform(0, 1.5, 2)[None, :] * np.sin(2 * np.pi * jitter_rng.uniform(0.1, 0.5, 2)[None, :]
-                                                          * t[:, None] + jitter_rng.uniform(0, 6.3, 2))
+  sway = jitter_rng.uniform(0, 1.5, 2)[None, :] * np.sin(
+    2 * np.pi * jitter_rng.uniform(0.1, 0.5, 2)[None, :] * t[:, None] + jitter_rng.uniform(0, 6.3, 2)
+  )
   walk = np.cumsum(jitter_rng.normal(0, 0.25, (num_frames, 2)), axis=0)
   walk = np.clip(walk - walk.mean(0), -1.5, 1.5)
   offsets = (sway + walk).astype(np.float32)
@@ -534,8 +569,13 @@ def _write_clip_star(args):
   return write_clip(*args)
 
 
-def plan_corpus(num_clips: int, seed: int = 0, seconds=DEFAULT_SECONDS, frame_size: int = FRAME_SIZE,
-                clips_per_speaker: int = CLIPS_PER_SPEAKER):
+def plan_corpus(
+  num_clips: int,
+  seed: int = 0,
+  seconds=DEFAULT_SECONDS,
+  frame_size: int = FRAME_SIZE,
+  clips_per_speaker: int = CLIPS_PER_SPEAKER,
+):
   """Clip specs and split of each speaker; deterministic for the arguments."""
   if num_clips < 1:
     raise ValueError(f"num_clips must be >= 1, got {num_clips}")
@@ -560,18 +600,28 @@ def plan_corpus(num_clips: int, seed: int = 0, seconds=DEFAULT_SECONDS, frame_si
   return specs, speaker_split
 
 
-def make_corpus(out_dir, num_clips: int = DEFAULT_NUM_CLIPS, seed: int = 0, seconds=DEFAULT_SECONDS,
-                frame_size: int = FRAME_SIZE, workers: int | None = None, overwrite: bool = False,
-                progress: bool = True) -> dict:
+def make_corpus(
+  out_dir,
+  num_clips: int = DEFAULT_NUM_CLIPS,
+  seed: int = 0,
+  seconds=DEFAULT_SECONDS,
+  frame_size: int = FRAME_SIZE,
+  workers: int | None = None,
+  overwrite: bool = False,
+  progress: bool = True,
+) -> dict:
   """Builds the demo corpus into out_dir (layout in the module docstring); returns the summary dict.
 
   seconds: clip length, a number or a (min, max) range. workers: processes (default: 1 per core, at most
   2; 1 = in this process). An existing complete corpus with the same arguments is reused unless overwrite.
   """
   out_dir = os.fspath(out_dir)
-  args = {"num_clips": int(num_clips), "seed": int(seed),
-          "seconds": [float(s) for s in np.broadcast_to(np.asarray(seconds, float), (2,))],
-          "frame_size": int(frame_size)}
+  args = {
+    "num_clips": int(num_clips),
+    "seed": int(seed),
+    "seconds": [float(s) for s in np.broadcast_to(np.asarray(seconds, float), (2,))],
+    "frame_size": int(frame_size),
+  }
   info_path = os.path.join(out_dir, "corpus_info.json")
   if not overwrite and os.path.isfile(info_path):
     with open(info_path) as f:
@@ -586,7 +636,7 @@ def make_corpus(out_dir, num_clips: int = DEFAULT_NUM_CLIPS, seed: int = 0, seco
   workers = workers or min(2, os.cpu_count() or 1)
   workers = max(1, min(workers, len(specs)))
   jobs = [(spec, out_dir) for spec in specs]
-  bar = tqdm.tqdm(total=len(jobs), desc="demo corpus", unit="clip", disable=not progress)
+  bar = tqdm.tqdm(total=len(jobs), desc="demo corpus: rendering", unit="clip", disable=not progress)
   results = []
   if workers == 1:
     for job in jobs:
@@ -608,19 +658,19 @@ def make_corpus(out_dir, num_clips: int = DEFAULT_NUM_CLIPS, seed: int = 0, seco
       f.writelines(clip_id + "\n" for clip_id in sorted(clip_ids))
     os.replace(tmp, os.path.join(out_dir, f"{split}.txt"))
   summary = {
-      "args": args,
-      "out_dir": out_dir,
-      "num_clips": len(results),
-      "num_speakers": len(speaker_split),
-      "num_frames": int(sum(r["num_frames"] for r in results)),
-      "seconds_of_video": float(sum(r["num_frames"] for r in results) / FPS),
-      "splits": {split: len(ids) for split, ids in splits.items()},
-      "fps": FPS,
-      "sample_rate": SAMPLE_RATE,
-      "frame_size": frame_size,
-      "mouth_params": list(MOUTH_PARAMS),
-      "build_seconds": round(time.time() - start, 2),
-      "workers": workers,
+    "args": args,
+    "out_dir": out_dir,
+    "num_clips": len(results),
+    "num_speakers": len(speaker_split),
+    "num_frames": int(sum(r["num_frames"] for r in results)),
+    "seconds_of_video": float(sum(r["num_frames"] for r in results) / FPS),
+    "splits": {split: len(ids) for split, ids in splits.items()},
+    "fps": FPS,
+    "sample_rate": SAMPLE_RATE,
+    "frame_size": frame_size,
+    "mouth_params": list(MOUTH_PARAMS),
+    "build_seconds": round(time.time() - start, 2),
+    "workers": workers,
   }
   tmp = info_path + ".tmp"
   with open(tmp, "w") as f:
@@ -640,9 +690,15 @@ def main(argv=None):
   parser.add_argument("--workers", type=int, default=None, help="processes (default: cores, max 2)")
   parser.add_argument("--overwrite", action="store_true", help="rebuild even if an identical corpus exists")
   flags = parser.parse_args(argv)
-  summary = make_corpus(flags.out, num_clips=flags.clips, seed=flags.seed,
-                        seconds=(flags.min_seconds, flags.max_seconds), frame_size=flags.frame_size,
-                        workers=flags.workers, overwrite=flags.overwrite)
+  summary = make_corpus(
+    flags.out,
+    num_clips=flags.clips,
+    seed=flags.seed,
+    seconds=(flags.min_seconds, flags.max_seconds),
+    frame_size=flags.frame_size,
+    workers=flags.workers,
+    overwrite=flags.overwrite,
+  )
   print(json.dumps({k: v for k, v in summary.items() if k != "args"}))
 
 

@@ -82,8 +82,9 @@ def num_mel_steps(num_samples: int, hparams: AudioHParams = AUDIO_HPARAMS) -> in
 
 @functools.lru_cache(maxsize=8)
 def _mel_basis(sample_rate: int, n_fft: int, num_mels: int, fmin: float, fmax: float) -> np.ndarray:
-  basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=num_mels, fmin=fmin, fmax=fmax,
-                              dtype=np.float64)
+  basis = librosa.filters.mel(
+    sr=sample_rate, n_fft=n_fft, n_mels=num_mels, fmin=fmin, fmax=fmax, dtype=np.float64
+  )
   basis.setflags(write=False)
   return basis
 
@@ -106,21 +107,24 @@ def load_wav(path, sr: int = AUDIO_HPARAMS.sample_rate) -> np.ndarray:
   try:
     data, file_sr = soundfile.read(path, dtype="float32", always_2d=True)  # (n, channels)
   except (soundfile.LibsndfileError, RuntimeError, TypeError) as sndfile_error:
-    from lipsync_jax.media import video  # local import: PyAV is only needed for containers libsndfile can't read
+    # Local import: PyAV is only needed for containers libsndfile can't read.
+    from lipsync_jax.media import video
 
     try:
       return video.read_audio(path, sr=sr)
     except video.VideoError as av_error:
-      raise AudioError(f"cannot read audio from {path!r}: libsndfile: {sndfile_error}; PyAV: {av_error}"
-                       ) from av_error
+      raise AudioError(
+        f"cannot read audio from {path!r}: libsndfile: {sndfile_error}; PyAV: {av_error}"
+      ) from av_error
   wav = librosa.to_mono(data.T)
   if file_sr != sr:
     wav = librosa.resample(wav, orig_sr=file_sr, target_sr=sr, res_type="soxr_hq")
   return np.ascontiguousarray(wav, dtype=np.float32)
 
 
-def check_wav(wav: np.ndarray, source: str = "<array>", allow_silent: bool = True,
-              hparams: AudioHParams = AUDIO_HPARAMS) -> np.ndarray:
+def check_wav(
+  wav: np.ndarray, source: str = "<array>", allow_silent: bool = True, hparams: AudioHParams = AUDIO_HPARAMS
+) -> np.ndarray:
   """Validates a wav for `melspectrogram`; returns it as a 1-D float64 array or raises `AudioError`."""
   wav = np.asarray(wav)
   if wav.ndim == 2 and 1 in wav.shape:
@@ -135,15 +139,17 @@ def check_wav(wav: np.ndarray, source: str = "<array>", allow_silent: bool = Tru
     raise AudioError(f"{source}: {bad} of {wav.size} samples are NaN/inf; fix or drop this audio")
   if wav.size < min_samples(hparams):
     raise AudioError(
-        f"{source}: audio too short ({wav.size} samples = {wav.size / hparams.sample_rate:.3f} s); "
-        f"one {hparams.mel_window_steps}-step mel window needs >= {min_samples(hparams)} samples")
+      f"{source}: audio too short ({wav.size} samples = {wav.size / hparams.sample_rate:.3f} s); "
+      f"one {hparams.mel_window_steps}-step mel window needs >= {min_samples(hparams)} samples"
+    )
   if not allow_silent and float(np.max(np.abs(wav))) <= SILENCE_PEAK:
     raise AudioError(f"{source}: audio is silent (peak <= {SILENCE_PEAK}); its mel would be all -4")
   return wav
 
 
-def melspectrogram(wav: np.ndarray, source: str = "<array>", allow_silent: bool = True,
-                   hparams: AudioHParams = AUDIO_HPARAMS) -> np.ndarray:
+def melspectrogram(
+  wav: np.ndarray, source: str = "<array>", allow_silent: bool = True, hparams: AudioHParams = AUDIO_HPARAMS
+) -> np.ndarray:
   """16 kHz mono wav (n,) -> normalised mel (num_mels, 1 + n // hop) float32 in [-4, 4].
 
   `source` names the audio in error messages (e.g. the file path). See the module docstring for silent,
@@ -151,9 +157,15 @@ def melspectrogram(wav: np.ndarray, source: str = "<array>", allow_silent: bool 
   """
   wav = check_wav(wav, source, allow_silent, hparams)
   emphasised = scipy.signal.lfilter([1.0, -hparams.preemphasis], [1.0], wav)
-  spec = librosa.stft(emphasised, n_fft=hparams.n_fft, hop_length=hparams.hop_size,
-                      win_length=hparams.win_size, window=hparams.window, center=hparams.center,
-                      pad_mode=hparams.pad_mode)
+  spec = librosa.stft(
+    emphasised,
+    n_fft=hparams.n_fft,
+    hop_length=hparams.hop_size,
+    win_length=hparams.win_size,
+    window=hparams.window,
+    center=hparams.center,
+    pad_mode=hparams.pad_mode,
+  )
   mel = mel_basis(hparams) @ np.abs(spec)
   db = 20.0 * np.log10(np.maximum(hparams.min_amplitude, mel)) - hparams.ref_level_db
   scale = 2.0 * hparams.max_abs_value

@@ -1,9 +1,8 @@
-"""Face detectors behind one interface, and the face-box utilities shared by preprocessing and inference.
+"""Face detectors behind one interface.
 
-Owns: the `FaceDetector` interface and its registry `DETECTORS` (`get_detector(name, **kwargs)`), and the
-box helpers every consumer uses so that training crops and inference crops are cut the same way:
-
-  detect (per frame, box or None) -> fill_missing -> pad_and_clip -> smooth_boxes -> crop_and_resize
+Owns: the `FaceDetector` interface and its registry `DETECTORS` (`get_detector(name, **kwargs)`). A
+detector returns one raw box or None per frame; what happens to the boxes next (pad, fill, smooth, crop)
+is the face track's job (lipsync_jax.media.track), shared by preprocessing, inference and evaluation.
 
 Boxes are (x1, y1, x2, y2) integer pixel coordinates of the source frame, x2/y2 exclusive (the slice
 `frame[y1:y2, x1:x2]`), the convention of the original Wav2Lip code.
@@ -16,22 +15,18 @@ Detectors:
   's3fd'  the detector the original used; not bundled (its weights cannot be fetched here): asking for it
           raises `NotImplementedError` that says what to do.
 
-Nothing here depends on Apache Beam or JAX: preprocessing (data_pipelines/preprocess.py) and inference
-(lipsync_jax/infer.py) both import it.
+Nothing here depends on Apache Beam or JAX.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
 
-Box = Tuple[int, int, int, int]
-# (top, bottom, left, right) pixels added around a detected box; the original inference default.
-DEFAULT_PADS = (0, 10, 0, 0)
-DEFAULT_SMOOTH_WINDOW = 5
+Box = tuple[int, int, int, int]
 
 
 class FaceDetector:
@@ -39,10 +34,10 @@ class FaceDetector:
 
   name = "base"
 
-  def detect(self, frames: Sequence[np.ndarray]) -> list[Optional[Box]]:
+  def detect(self, frames: Sequence[np.ndarray]) -> list[Box | None]:
     return [self.detect_one(frame) for frame in frames]
 
-  def detect_one(self, frame: np.ndarray) -> Optional[Box]:
+  def detect_one(self, frame: np.ndarray) -> Box | None:
     raise NotImplementedError
 
 
@@ -67,32 +62,41 @@ class HaarDetector(FaceDetector):
 
   name = "haar"
 
-  def __init__(self, detect_size: int = 320, scale_factor: float = 1.1, min_neighbors: int = 5,
-               min_face_fraction: float = 0.2, cascade_path: Optional[str] = None):
+  def __init__(
+    self,
+    detect_size: int = 320,
+    scale_factor: float = 1.1,
+    min_neighbors: int = 5,
+    min_face_fraction: float = 0.2,
+    cascade_path: str | None = None,
+  ):
     if cascade_path is None:
       cascade_path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
     self.cascade = cv2.CascadeClassifier(cascade_path)
     if self.cascade.empty():
       raise FileNotFoundError(
-          f"OpenCV could not load the Haar cascade {cascade_path!r}; install opencv-python(-headless) 4.x "
-          "(which ships cv2.data.haarcascades) or pass cascade_path=")
+        f"OpenCV could not load the Haar cascade {cascade_path!r}; install opencv-python(-headless) 4.x "
+        "(which ships cv2.data.haarcascades) or pass cascade_path="
+      )
     self.detect_size = int(detect_size)
     self.scale_factor = float(scale_factor)
     self.min_neighbors = int(min_neighbors)
     self.min_face_fraction = float(min_face_fraction)
 
-  def detect_one(self, frame: np.ndarray) -> Optional[Box]:
+  def detect_one(self, frame: np.ndarray) -> Box | None:
     frame = _check_frame(frame)
     height, width = frame.shape[:2]
     scale = min(1.0, self.detect_size / max(height, width))
     gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
     if scale < 1.0:
-      gray = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
-                        interpolation=cv2.INTER_AREA)
+      gray = cv2.resize(
+        gray, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
+      )
     gray = cv2.equalizeHist(gray)
     min_side = max(8, int(self.min_face_fraction * min(gray.shape)))
-    faces = self.cascade.detectMultiScale(gray, scaleFactor=self.scale_factor,
-                                          minNeighbors=self.min_neighbors, minSize=(min_side, min_side))
+    faces = self.cascade.detectMultiScale(
+      gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_side, min_side)
+    )
     if len(faces) == 0:
       return None
     x, y, w, h = max(faces, key=lambda f: int(f[2]) * int(f[3]))
@@ -114,7 +118,7 @@ class FixedBoxDetector(FaceDetector):
       raise ValueError(f"fixed box {box!r} is empty: need x2 > x1 and y2 > y1")
     self.box = (x1, y1, x2, y2)
 
-  def detect_one(self, frame: np.ndarray) -> Optional[Box]:
+  def detect_one(self, frame: np.ndarray) -> Box | None:
     height, width = _check_frame(frame).shape[:2]
     x1, y1, x2, y2 = self.box
     clipped = (max(0, x1), max(0, y1), min(width, x2), min(height, y2))
@@ -130,16 +134,17 @@ class S3FDDetector(FaceDetector):
 
   def __init__(self, **unused_kwargs):
     raise NotImplementedError(
-        "the 's3fd' face detector is not bundled with lipsync_jax (its weights s3fd.pth cannot be "
-        "downloaded here). Use detector='haar' (default) or 'fixed' with box=(x1, y1, x2, y2); to add S3FD, "
-        "implement a FaceDetector subclass whose detect(frames) returns one (x1, y1, x2, y2) box or None per "
-        "frame and register it in lipsync_jax.media.detectors.DETECTORS['s3fd'].")
+      "the 's3fd' face detector is not bundled with lipsync_jax (its weights s3fd.pth cannot be "
+      "downloaded here). Use detector='haar' (default) or 'fixed' with box=(x1, y1, x2, y2); to add S3FD, "
+      "implement a FaceDetector subclass whose detect(frames) returns one (x1, y1, x2, y2) box or None per "
+      "frame and register it in lipsync_jax.media.detectors.DETECTORS['s3fd']."
+    )
 
 
 DETECTORS: dict[str, Callable[..., FaceDetector]] = {
-    "haar": HaarDetector,
-    "fixed": FixedBoxDetector,
-    "s3fd": S3FDDetector,
+  "haar": HaarDetector,
+  "fixed": FixedBoxDetector,
+  "s3fd": S3FDDetector,
 }
 
 
@@ -148,67 +153,3 @@ def get_detector(name: str = "haar", **kwargs) -> FaceDetector:
   if name not in DETECTORS:
     raise ValueError(f"unknown face detector {name!r}; choose one of {sorted(DETECTORS)}")
   return DETECTORS[name](**kwargs)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Box utilities.
-# ---------------------------------------------------------------------------------------------------------
-
-
-def pad_and_clip(box: Sequence[int], pads: Sequence[int] = DEFAULT_PADS, width: int = None,
-                 height: int = None) -> Box:
-  """Grows `box` by pads=(top, bottom, left, right) pixels and clips it to a width x height frame.
-
-  Same arithmetic as the original inference (`y1 = max(0, y1 - top)`, `y2 = min(h, y2 + bottom)`, ...).
-  """
-  if width is None or height is None:
-    raise ValueError("pad_and_clip needs the frame's width and height")
-  if len(pads) != 4:
-    raise ValueError(f"pads must be (top, bottom, left, right), got {pads!r}")
-  top, bottom, left, right = (int(p) for p in pads)
-  x1, y1, x2, y2 = (int(v) for v in box)
-  return (max(0, x1 - left), max(0, y1 - top), min(int(width), x2 + right), min(int(height), y2 + bottom))
-
-
-def smooth_boxes(boxes: np.ndarray, window: int = DEFAULT_SMOOTH_WINDOW) -> np.ndarray:
-  """Temporal smoothing exactly as the original `get_smoothened_boxes`: box i becomes the mean of boxes
-  i..i+window-1 (the last `window` boxes near the end), truncated to int. window <= 1 returns a copy."""
-  boxes = np.array(boxes, dtype=np.int64).reshape(-1, 4)  # a copy; updated in place like the original
-  if window <= 1 or len(boxes) == 0:
-    return boxes
-  count = len(boxes)
-  for i in range(count):
-    chunk = boxes[count - window:] if i + window > count else boxes[i:i + window]
-    boxes[i] = np.mean(chunk, axis=0)
-  return boxes
-
-
-def fill_missing(boxes: Sequence[Optional[Sequence[int]]]) -> tuple[np.ndarray, int]:
-  """Replaces each missing (None) box by the nearest detected one (the earlier on a tie).
-
-  Returns (boxes (N, 4) int64, number of frames that had no box). Raises ValueError if no frame has a box.
-  """
-  count = len(boxes)
-  present = np.array([b is not None for b in boxes], dtype=bool)
-  if count and not present.any():
-    raise ValueError(f"no face box in any of the {count} frames")
-  if count == 0:
-    return np.zeros((0, 4), np.int64), 0
-  known = np.flatnonzero(present)
-  # For each frame, the index of the nearest detected frame: compare the neighbour on each side.
-  right = np.searchsorted(known, np.arange(count), side="left").clip(0, len(known) - 1)
-  left = (right - 1).clip(0, len(known) - 1)
-  pick_left = np.abs(np.arange(count) - known[left]) <= np.abs(known[right] - np.arange(count))
-  nearest = np.where(pick_left, known[left], known[right])
-  filled = np.array([boxes[j] for j in nearest], dtype=np.int64).reshape(count, 4)
-  return filled, int(count - present.sum())
-
-
-def crop_and_resize(frame: np.ndarray, box: Sequence[int], size: int,
-                    interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
-  """frame[y1:y2, x1:x2] resized to (size, size) (cv2.resize, bilinear like the original)."""
-  x1, y1, x2, y2 = (int(v) for v in box)
-  crop = frame[max(0, y1):y2, max(0, x1):x2]
-  if crop.size == 0:
-    raise ValueError(f"face box {tuple(box)} is empty inside a {frame.shape[1]}x{frame.shape[0]} frame")
-  return cv2.resize(crop, (int(size), int(size)), interpolation=interpolation)

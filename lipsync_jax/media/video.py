@@ -1,7 +1,8 @@
 """Video and container I/O on PyAV (its bundled FFmpeg; no ffmpeg binary needed).
 
 Owns: `probe` (fps, frame count, size, audio presence, duration), streaming frame decoding (`iter_frames`,
-`read_frames`; frames are (H, W, 3) uint8 **BGR**, like OpenCV), audio extraction from any container
+`read_frames`; frames are (H, W, 3) uint8 **BGR**, like OpenCV; `iter_frames(path, fps=25.0)` resamples by
+presentation timestamp with the one rule of lipsync_jax.media.fps), audio extraction from any container
 (`read_audio` -> 16 kHz mono float32 via PyAV's AudioResampler) and `VideoWriter`, which encodes H.264
 (yuv420p) frame by frame and muxes an AAC audio track when it is closed. Errors are `VideoError`
 (a ValueError) naming the file and what went wrong.
@@ -25,6 +26,8 @@ from collections.abc import Iterator
 import av
 import cv2
 import numpy as np
+
+from lipsync_jax.media import fps as fps_rule
 
 DEFAULT_SAMPLE_RATE = 16000
 _H264_ENCODERS = ("libx264", "h264")  # whichever the bundled FFmpeg has, in order of preference
@@ -79,23 +82,50 @@ def probe(path) -> VideoInfo:
         raise VideoError(f"cannot demux {os.fspath(path)!r}: {error}") from error
     if not duration and fps:
       duration = num_frames / fps
-    return VideoInfo(fps, num_frames, int(stream.codec_context.width), int(stream.codec_context.height),
-                     has_audio, duration)
+    return VideoInfo(
+      fps, num_frames, int(stream.codec_context.width), int(stream.codec_context.height), has_audio, duration
+    )
 
 
-def iter_frames(path) -> Iterator[np.ndarray]:
-  """Yields the frames of the first video stream one at a time as (H, W, 3) uint8 BGR arrays."""
+def _timed_frames(path) -> Iterator[tuple[fractions.Fraction, av.VideoFrame]]:
+  """(presentation time in seconds, decoded frame) of the first video stream, in display order.
+
+  A frame without a timestamp is placed one average frame interval after the previous one.
+  """
   container = _open(path)
   try:
     stream = _video_stream(container, path)
     stream.thread_type = "AUTO"
+    interval = 1 / fractions.Fraction(stream.average_rate or stream.guessed_rate or 25)
+    last = None
     try:
       for frame in container.decode(stream):
-        yield frame.to_ndarray(format="bgr24")
+        if frame.pts is not None and frame.time_base is not None:
+          last = frame.pts * frame.time_base
+        else:
+          last = fractions.Fraction(0) if last is None else last + interval
+        yield last, frame
     except av.FFmpegError as error:
       raise VideoError(f"cannot decode video of {os.fspath(path)!r}: {error}") from error
   finally:
     container.close()
+
+
+def iter_frames(path, fps: float | None = None) -> Iterator[np.ndarray]:
+  """Yields the frames of the first video stream one at a time as (H, W, 3) uint8 BGR arrays.
+
+  fps=None: the stream's own frames. fps given (e.g. 25.0): resampled to that rate by presentation
+  timestamp with THE rule of lipsync_jax.media.fps (nearest source frame to each output time k / fps, the
+  earlier on a tie), so variable-frame-rate input works. Every yielded array is its own (a repeated source
+  frame is converted again), so callers may write into the frames they get.
+  """
+  timed = _timed_frames(path)
+  frames = (frame for _, frame in timed) if fps is None else fps_rule.resample(timed, fps)
+  try:
+    for frame in frames:
+      yield frame.to_ndarray(format="bgr24")
+  finally:
+    timed.close()  # closes the container now when the caller stops early
 
 
 def read_frames(path) -> tuple[np.ndarray, float]:
@@ -131,7 +161,7 @@ def read_audio(path, sr: int = DEFAULT_SAMPLE_RATE) -> np.ndarray:
     return np.zeros((0,), np.float32)
   wav = np.concatenate(chunks)
   if stream_seconds:  # decoders emit whole AAC frames: drop the encoder's end padding
-    wav = wav[:int(round(stream_seconds * sr))]
+    wav = wav[: int(round(stream_seconds * sr))]
   return np.ascontiguousarray(wav, dtype=np.float32)
 
 
@@ -160,8 +190,17 @@ class VideoWriter:
   lets the encoder choose.
   """
 
-  def __init__(self, path, fps: float, width: int, height: int, crf: int = 18, preset: str = "veryfast",
-               threads: int = 0, audio_bitrate: int = 64000):
+  def __init__(
+    self,
+    path,
+    fps: float,
+    width: int,
+    height: int,
+    crf: int = 18,
+    preset: str = "veryfast",
+    threads: int = 0,
+    audio_bitrate: int = 64000,
+  ):
     if width <= 0 or height <= 0:
       raise VideoError(f"VideoWriter({os.fspath(path)!r}): bad frame size {width}x{height}")
     if not fps or fps <= 0:
@@ -208,8 +247,10 @@ class VideoWriter:
       raise VideoError(f"VideoWriter({self.path!r}) is closed")
     frame_bgr = np.asarray(frame_bgr)
     if frame_bgr.shape != (self.height, self.width, 3) or frame_bgr.dtype != np.uint8:
-      raise VideoError(f"VideoWriter({self.path!r}): expected a ({self.height}, {self.width}, 3) uint8 BGR "
-                       f"frame, got {frame_bgr.shape} {frame_bgr.dtype}")
+      raise VideoError(
+        f"VideoWriter({self.path!r}): expected a ({self.height}, {self.width}, 3) uint8 BGR "
+        f"frame, got {frame_bgr.shape} {frame_bgr.dtype}"
+      )
     pad_w, pad_h = self.frame_size[0] - self.width, self.frame_size[1] - self.height
     if pad_w or pad_h:
       frame_bgr = np.pad(frame_bgr, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
@@ -263,8 +304,9 @@ class VideoWriter:
       video_next, audio_next = next(video_packets, None), next(audio_packets, None)
       while video_next is not None or audio_next is not None:
         take_video = audio_next is None or (
-            video_next is not None and video_next.dts * video_next.time_base
-            <= audio_next.dts * audio_next.time_base)
+          video_next is not None
+          and video_next.dts * video_next.time_base <= audio_next.dts * audio_next.time_base
+        )
         if take_video:
           video_next.stream = out_video
           out.mux(video_next)
@@ -277,7 +319,7 @@ class VideoWriter:
   def _aac_packets(stream, audio: np.ndarray, sample_rate: int):
     chunk = 1024  # AAC frame size
     for start in range(0, audio.size, chunk):
-      frame = av.AudioFrame.from_ndarray(audio[None, start:start + chunk], format="fltp", layout="mono")
+      frame = av.AudioFrame.from_ndarray(audio[None, start : start + chunk], format="fltp", layout="mono")
       frame.sample_rate = sample_rate
       frame.pts = start
       frame.time_base = fractions.Fraction(1, sample_rate)

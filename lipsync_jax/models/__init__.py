@@ -25,9 +25,9 @@ MODELS = {"syncnet": SyncNet, "wav2lip": Wav2Lip, "disc": QualityDisc}
 
 # kind -> shapes of its inputs at a batch size and face size (what `apply` takes after `variables`).
 INPUT_SHAPES = {
-    "syncnet": lambda batch, size: [(batch, 80, 16, 1), (batch, size // 2, size, 15)],
-    "wav2lip": lambda batch, size: [(batch, 80, 16, 1), (batch, size, size, 6)],
-    "disc": lambda batch, size: [(batch, size, size, 3)],
+  "syncnet": lambda batch, size: [(batch, 80, 16, 1), (batch, size // 2, size, 15)],
+  "wav2lip": lambda batch, size: [(batch, 80, 16, 1), (batch, size, size, 6)],
+  "disc": lambda batch, size: [(batch, size, size, 3)],
 }
 
 
@@ -64,5 +64,14 @@ def fold_batch_norm(kind: str, variables) -> dict:
   return {"params": folded}
 
 
-__all__ = ["SyncNet", "Wav2Lip", "QualityDisc", "MODELS", "INPUT_SHAPES", "example_inputs", "fold_batch_norm",
-           "scaled_channels", "sync_probability"]
+__all__ = [
+  "SyncNet",
+  "Wav2Lip",
+  "QualityDisc",
+  "MODELS",
+  "INPUT_SHAPES",
+  "example_inputs",
+  "fold_batch_norm",
+  "scaled_channels",
+  "sync_probability",
+]

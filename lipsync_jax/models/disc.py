@@ -19,18 +19,19 @@ from lipsync_jax.models.layers import Conv, ConvLeaky, scaled_channels
 
 # Blocks of ConvLeaky rows: (out channels, kernel, stride, padding).
 DISC_FACE_ENCODER = [
-    [(32, 7, 1, 3)],
-    [(64, 5, (1, 2), 2), (64, 5, 1, 2)],
-    [(128, 5, 2, 2), (128, 5, 1, 2)],
-    [(256, 5, 2, 2), (256, 5, 1, 2)],
-    [(512, 3, 2, 1), (512, 3, 1, 1)],
-    [(512, 3, 2, 1), (512, 3, 1, 1)],
-    [(512, 3, 1, 0), (512, 1, 1, 0)],
+  [(32, 7, 1, 3)],
+  [(64, 5, (1, 2), 2), (64, 5, 1, 2)],
+  [(128, 5, 2, 2), (128, 5, 1, 2)],
+  [(256, 5, 2, 2), (256, 5, 1, 2)],
+  [(512, 3, 2, 1), (512, 3, 1, 1)],
+  [(512, 3, 2, 1), (512, 3, 1, 1)],
+  [(512, 3, 1, 0), (512, 1, 1, 0)],
 ]
 
 
 class QualityDisc(nn.Module):
   """Wav2Lip_disc_qual. Probabilities (N, 1) by default, logits with `return_logits=True`."""
+
   width_multiplier: float = 1.0
   compute_dtype: Any = jnp.float32
   transpose_impl: str = "auto"  # strided convs' input gradient: 'direct' | 'phase' | 'auto' (layers.conv2d)
@@ -45,11 +46,18 @@ class QualityDisc(nn.Module):
     if faces.ndim != 4 or faces.shape[-1] != 3:
       raise ValueError(f"QualityDisc: faces must be (N, S, S, 3) or (B, T, S, S, 3), got {faces.shape}")
     dtype = self.compute_dtype
-    x = faces[:, faces.shape[1] // 2:].astype(dtype)
+    x = faces[:, faces.shape[1] // 2 :].astype(dtype)
     for i, block in enumerate(DISC_FACE_ENCODER):
       for j, (channels, kernel, stride, padding) in enumerate(block):
-        x = ConvLeaky(scaled_channels(channels, self.width_multiplier), kernel, stride, padding, dtype=dtype,
-                      transpose_impl=self.transpose_impl, name=f"face_encoder_blocks_{i}_{j}")(x)
+        x = ConvLeaky(
+          scaled_channels(channels, self.width_multiplier),
+          kernel,
+          stride,
+          padding,
+          dtype=dtype,
+          transpose_impl=self.transpose_impl,
+          name=f"face_encoder_blocks_{i}_{j}",
+        )(x)
     x = Conv(1, 1, 1, 0, dtype=dtype, name="binary_pred_0")(x)
     logits = x.astype(jnp.float32).reshape(x.shape[0], -1)
     out = logits if return_logits else nn.sigmoid(logits)

@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -102,6 +103,7 @@ def resolve_transpose_impl(impl: str) -> str:
 
 class BatchNorm(nn.Module):
   """BatchNorm over N, H, W with PyTorch's exact semantics; statistics in float32."""
+
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -172,6 +174,7 @@ batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 class Conv(nn.Module):
   """Conv2d with bias, explicit symmetric zero padding and PyTorch's default init. Kernel HWIO."""
+
   features: int
   kernel_size: PairOrInt
   stride: PairOrInt = 1
@@ -183,18 +186,29 @@ class Conv(nn.Module):
   def __call__(self, x):
     kh, kw = pair(self.kernel_size)
     fan_in = x.shape[-1] * kh * kw
-    kernel = self.param("kernel", torch_uniform_init(fan_in), (kh, kw, x.shape[-1], self.features),
-                        jnp.float32)
+    kernel = self.param(
+      "kernel", torch_uniform_init(fan_in), (kh, kw, x.shape[-1], self.features), jnp.float32
+    )
     bias = self.param("bias", torch_uniform_init(fan_in), (self.features,), jnp.float32)
-    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), pair(self.stride), pair(self.padding),
-               self.transpose_impl)
+    y = conv2d(
+      x.astype(self.dtype),
+      kernel.astype(self.dtype),
+      pair(self.stride),
+      pair(self.padding),
+      self.transpose_impl,
+    )
     return y + bias.astype(self.dtype)
 
 
 def _conv_native(x, kernel, strides, padding):
   (ph, pw) = padding
-  return lax.conv_general_dilated(x, kernel, window_strides=strides, padding=((ph, ph), (pw, pw)),
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return lax.conv_general_dilated(
+    x,
+    kernel,
+    window_strides=strides,
+    padding=((ph, ph), (pw, pw)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
 
 
 def conv2d(x, kernel, strides: tuple[int, int], padding: tuple[int, int], transpose_impl: str = "auto"):
@@ -254,8 +268,14 @@ def conv_transpose_direct(x, kernel, strides, padding, output_padding):
   """PyTorch ConvTranspose2d via lax.conv_transpose. kernel (kh, kw, out, in); no bias."""
   (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel.shape[:2], strides, padding, output_padding
   pads = ((kh - 1 - ph, kh - 1 - ph + oh), (kw - 1 - pw, kw - 1 - pw + ow))
-  return lax.conv_transpose(x, kernel, strides=(sh, sw), padding=pads,
-                            dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
+  return lax.conv_transpose(
+    x,
+    kernel,
+    strides=(sh, sw),
+    padding=pads,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    transpose_kernel=True,
+  )
 
 
 def _conv_stride1(x, kernel, pads):
@@ -267,7 +287,7 @@ def _conv_stride1(x, kernel, pads):
   """
   (top, bottom), (left, right) = pads
   height, width = x.shape[1:3]
-  x = x[:, max(-top, 0):height - max(-bottom, 0), max(-left, 0):width - max(-right, 0)]
+  x = x[:, max(-top, 0) : height - max(-bottom, 0), max(-left, 0) : width - max(-right, 0)]
   padding = ((max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0)))
   return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -293,8 +313,10 @@ def conv_transpose_phase(x, kernel, strides, padding, output_padding):
         continue
       # Static slices (not a gather): cheap forward and weight gradient.
       sub = jnp.stack([jnp.stack([forward_kernel[i, j] for j in taps_w]) for i in taps_h])
-      pads = ((-d_h, n_h - 1 + d_h + len(taps_h) - 1 - (in_h - 1)),
-              (-d_w, n_w - 1 + d_w + len(taps_w) - 1 - (in_w - 1)))
+      pads = (
+        (-d_h, n_h - 1 + d_h + len(taps_h) - 1 - (in_h - 1)),
+        (-d_w, n_w - 1 + d_w + len(taps_w) - 1 - (in_w - 1)),
+      )
       cols.append(_conv_stride1(x, sub, pads))
     rows.append(jnp.stack(cols, axis=3))  # (B, n_h, n_w, sw, C)
   y = jnp.stack(rows, axis=2)  # (B, n_h, sh, n_w, sw, C)
@@ -307,6 +329,7 @@ TRANSPOSE_IMPLS = {"direct": conv_transpose_direct, "phase": conv_transpose_phas
 
 class ConvTranspose(nn.Module):
   """PyTorch ConvTranspose2d (with bias). Kernel (kh, kw, out, in); impl 'direct' | 'phase' | 'auto'."""
+
   features: int
   kernel_size: PairOrInt
   stride: PairOrInt = 1
@@ -320,17 +343,24 @@ class ConvTranspose(nn.Module):
     kh, kw = pair(self.kernel_size)
     in_features = x.shape[-1]
     fan_in = self.features * kh * kw  # PyTorch computes fan_in from weight.size(1) = out channels.
-    kernel = self.param("kernel", torch_uniform_init(fan_in), (kh, kw, self.features, in_features),
-                        jnp.float32)
+    kernel = self.param(
+      "kernel", torch_uniform_init(fan_in), (kh, kw, self.features, in_features), jnp.float32
+    )
     bias = self.param("bias", torch_uniform_init(fan_in), (self.features,), jnp.float32)
     impl = TRANSPOSE_IMPLS[resolve_transpose_impl(self.transpose_impl)]
-    y = impl(x.astype(self.dtype), kernel.astype(self.dtype), pair(self.stride), pair(self.padding),
-             pair(self.output_padding))
+    y = impl(
+      x.astype(self.dtype),
+      kernel.astype(self.dtype),
+      pair(self.stride),
+      pair(self.padding),
+      pair(self.output_padding),
+    )
     return y + bias.astype(self.dtype)
 
 
 class ConvBN(nn.Module):
   """Conv2d -> BatchNorm -> (+x if residual) -> ReLU. With fold_bn: Conv2d (folded bias) -> ... -> ReLU."""
+
   features: int
   kernel_size: PairOrInt
   stride: PairOrInt = 1
@@ -342,20 +372,29 @@ class ConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    y = Conv(self.features, self.kernel_size, self.stride, self.padding, dtype=self.dtype,
-             transpose_impl=self.transpose_impl, name="conv")(x)
+    y = Conv(
+      self.features,
+      self.kernel_size,
+      self.stride,
+      self.padding,
+      dtype=self.dtype,
+      transpose_impl=self.transpose_impl,
+      name="conv",
+    )(x)
     if not self.fold_bn:
       y = BatchNorm(dtype=self.dtype, name="bn")(y, train=train)
     if self.residual:
       if y.shape != x.shape:
-        raise ValueError(f"{self.name}: residual block needs equal input/output shapes, got {x.shape} -> "
-                         f"{y.shape}")
+        raise ValueError(
+          f"{self.name}: residual block needs equal input/output shapes, got {x.shape} -> {y.shape}"
+        )
       y = y + x.astype(y.dtype)
     return nn.relu(y)
 
 
 class ConvTBN(nn.Module):
   """ConvTranspose2d (PyTorch semantics) -> BatchNorm -> ReLU."""
+
   features: int
   kernel_size: PairOrInt
   stride: PairOrInt = 1
@@ -367,8 +406,16 @@ class ConvTBN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    y = ConvTranspose(self.features, self.kernel_size, self.stride, self.padding, self.output_padding,
-                      transpose_impl=self.transpose_impl, dtype=self.dtype, name="conv")(x)
+    y = ConvTranspose(
+      self.features,
+      self.kernel_size,
+      self.stride,
+      self.padding,
+      self.output_padding,
+      transpose_impl=self.transpose_impl,
+      dtype=self.dtype,
+      name="conv",
+    )(x)
     if not self.fold_bn:
       y = BatchNorm(dtype=self.dtype, name="bn")(y, train=train)
     return nn.relu(y)
@@ -376,6 +423,7 @@ class ConvTBN(nn.Module):
 
 class ConvLeaky(nn.Module):
   """Conv2d -> LeakyReLU(0.01) (the discriminator's block; no normalisation)."""
+
   features: int
   kernel_size: PairOrInt
   stride: PairOrInt = 1
@@ -385,8 +433,15 @@ class ConvLeaky(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    y = Conv(self.features, self.kernel_size, self.stride, self.padding, dtype=self.dtype,
-             transpose_impl=self.transpose_impl, name="conv")(x)
+    y = Conv(
+      self.features,
+      self.kernel_size,
+      self.stride,
+      self.padding,
+      dtype=self.dtype,
+      transpose_impl=self.transpose_impl,
+      name="conv",
+    )(x)
     return nn.leaky_relu(y, negative_slope=0.01)
 
 

@@ -4,7 +4,7 @@ Owns the layer list of joonson/syncnet_python's `SyncNetModel.S` (the model whos
 `syncnet_v2.model`), ported to NHWC / NDHWC. The layer list below is RECONSTRUCTED from our knowledge of
 that public repository (and cross-checked against public copies of it); no code was copied. Module names
 mirror the PyTorch state-dict keys (`netcnnaud.0.weight` -> `netcnnaud_0/kernel`), so conversion is a pure
-renaming + transposition (see `lipsync_jax.evaluate.load_syncnet_v2`).
+renaming + transposition (see `lipsync_jax.weights`, kind 'syncnet_v2').
 
 Audio branch `netcnnaud` on MFCC (B, 13, 20, 1) (13 coefficients x 20 steps of 10 ms, NHWC):
   0 Conv(1,64,3x3,p1) 1 BN 2 ReLU 3 MaxPool(1x1)
@@ -28,30 +28,45 @@ PyTorch max-pooling pads with -inf, as flax.linen.max_pool does.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 # (kind, index, args). conv: (features, kernel, strides, padding); pool: (window, strides, padding).
 AUDIO_CNN: Sequence[tuple] = (
-    ("conv", 0, (64, (3, 3), (1, 1), (1, 1))), ("bn", 1, None), ("pool", 3, ((1, 1), (1, 1), (0, 0))),
-    ("conv", 4, (192, (3, 3), (1, 1), (1, 1))), ("bn", 5, None), ("pool", 7, ((3, 3), (1, 2), (0, 0))),
-    ("conv", 8, (384, (3, 3), (1, 1), (1, 1))), ("bn", 9, None),
-    ("conv", 11, (256, (3, 3), (1, 1), (1, 1))), ("bn", 12, None),
-    ("conv", 14, (256, (3, 3), (1, 1), (1, 1))), ("bn", 15, None), ("pool", 17, ((3, 3), (2, 2), (0, 0))),
-    ("conv", 18, (512, (5, 4), (1, 1), (0, 0))), ("bn", 19, None),
+  ("conv", 0, (64, (3, 3), (1, 1), (1, 1))),
+  ("bn", 1, None),
+  ("pool", 3, ((1, 1), (1, 1), (0, 0))),
+  ("conv", 4, (192, (3, 3), (1, 1), (1, 1))),
+  ("bn", 5, None),
+  ("pool", 7, ((3, 3), (1, 2), (0, 0))),
+  ("conv", 8, (384, (3, 3), (1, 1), (1, 1))),
+  ("bn", 9, None),
+  ("conv", 11, (256, (3, 3), (1, 1), (1, 1))),
+  ("bn", 12, None),
+  ("conv", 14, (256, (3, 3), (1, 1), (1, 1))),
+  ("bn", 15, None),
+  ("pool", 17, ((3, 3), (2, 2), (0, 0))),
+  ("conv", 18, (512, (5, 4), (1, 1), (0, 0))),
+  ("bn", 19, None),
 )
 LIP_CNN: Sequence[tuple] = (
-    ("conv", 0, (96, (5, 7, 7), (1, 2, 2), (0, 0, 0))), ("bn", 1, None),
-    ("pool", 3, ((1, 3, 3), (1, 2, 2), (0, 0, 0))),
-    ("conv", 4, (256, (1, 5, 5), (1, 2, 2), (0, 1, 1))), ("bn", 5, None),
-    ("pool", 7, ((1, 3, 3), (1, 2, 2), (0, 1, 1))),
-    ("conv", 8, (256, (1, 3, 3), (1, 1, 1), (0, 1, 1))), ("bn", 9, None),
-    ("conv", 11, (256, (1, 3, 3), (1, 1, 1), (0, 1, 1))), ("bn", 12, None),
-    ("conv", 14, (256, (1, 3, 3), (1, 1, 1), (0, 1, 1))), ("bn", 15, None),
-    ("pool", 17, ((1, 3, 3), (1, 2, 2), (0, 0, 0))),
-    ("conv", 18, (512, (1, 6, 6), (1, 1, 1), (0, 0, 0))), ("bn", 19, None),
+  ("conv", 0, (96, (5, 7, 7), (1, 2, 2), (0, 0, 0))),
+  ("bn", 1, None),
+  ("pool", 3, ((1, 3, 3), (1, 2, 2), (0, 0, 0))),
+  ("conv", 4, (256, (1, 5, 5), (1, 2, 2), (0, 1, 1))),
+  ("bn", 5, None),
+  ("pool", 7, ((1, 3, 3), (1, 2, 2), (0, 1, 1))),
+  ("conv", 8, (256, (1, 3, 3), (1, 1, 1), (0, 1, 1))),
+  ("bn", 9, None),
+  ("conv", 11, (256, (1, 3, 3), (1, 1, 1), (0, 1, 1))),
+  ("bn", 12, None),
+  ("conv", 14, (256, (1, 3, 3), (1, 1, 1), (0, 1, 1))),
+  ("bn", 15, None),
+  ("pool", 17, ((1, 3, 3), (1, 2, 2), (0, 0, 0))),
+  ("conv", 18, (512, (1, 6, 6), (1, 1, 1), (0, 0, 0))),
+  ("bn", 19, None),
 )
 EMBED_DIM = 1024
 BN_EPS = 1e-5
@@ -64,6 +79,7 @@ class SyncNetV2(nn.Module):
   `SyncNetV2().apply(variables, lips=(B,5,224,224,3))` -> (B,1024) lip features; both given -> tuple.
   Lips are BGR 0..255 floats (no normalisation), mfcc as python_speech_features.mfcc returns them.
   """
+
   embed_dim: int = EMBED_DIM
   width_multiplier: float = 1.0  # tests only; the public weights are 1.0
 
@@ -72,8 +88,7 @@ class SyncNetV2(nn.Module):
       if kind == "conv":
         features, kernel, strides, padding = args
         features = max(1, int(round(features * self.width_multiplier)))
-        x = nn.Conv(features, kernel, strides, padding=[(p, p) for p in padding],
-                    name=f"{prefix}_{index}")(x)
+        x = nn.Conv(features, kernel, strides, padding=[(p, p) for p in padding], name=f"{prefix}_{index}")(x)
       elif kind == "bn":
         x = nn.BatchNorm(use_running_average=True, epsilon=BN_EPS, name=f"{prefix}_{index}")(x)
         x = nn.relu(x)

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ('data', 'fsdp')
 BATCH_AXES = ('data', 'fsdp')  # the leading (batch) dimension is split over both axes
 PARAM_SHARDING_MODES = ('replicated', 'fsdp')
 # Leaves with fewer elements than this stay replicated under FSDP (biases, norms, scalars).
-FSDP_MIN_SIZE = 2 ** 12
+FSDP_MIN_SIZE = 2**12
 
 
 def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int]:
@@ -32,12 +33,16 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int]:
     raise ValueError(f'config.mesh: at most one of data/fsdp may be -1, got data={sizes[0]} fsdp={sizes[1]}.')
   known = math.prod(s for s in sizes if s != -1)
   if any(s == 0 or s < -1 for s in sizes) or num_devices % known:
-    raise ValueError(f'config.mesh: data={sizes[0]} x fsdp={sizes[1]} does not fit {num_devices} devices; '
-                     'use sizes whose product divides the device count (-1 = fill).')
+    raise ValueError(
+      f'config.mesh: data={sizes[0]} x fsdp={sizes[1]} does not fit {num_devices} devices; '
+      'use sizes whose product divides the device count (-1 = fill).'
+    )
   sizes = [num_devices // known if s == -1 else s for s in sizes]
   if math.prod(sizes) != num_devices:
-    raise ValueError(f'config.mesh: data={sizes[0]} x fsdp={sizes[1]} = {math.prod(sizes)} devices, '
-                     f'but {num_devices} are available; set one size to -1 to fill.')
+    raise ValueError(
+      f'config.mesh: data={sizes[0]} x fsdp={sizes[1]} = {math.prod(sizes)} devices, '
+      f'but {num_devices} are available; set one size to -1 to fill.'
+    )
   return tuple(sizes)
 
 
@@ -79,26 +84,19 @@ def leaf_partition_spec(shape: tuple[int, ...], mesh: Mesh, mode: str) -> P:
 
 def state_shardings(abstract_state: Any, mesh: Mesh, mode: str) -> Any:
   """NamedSharding per leaf of an (abstract, e.g. jax.eval_shape) train state."""
-  return jax.tree.map(lambda x: NamedSharding(mesh, leaf_partition_spec(tuple(x.shape), mesh, mode)),
-                      abstract_state)
-
-
-def create_sharded_state(init_fn: Callable[[jax.Array], Any], rng: jax.Array, mesh: Mesh, mode: str):
-  """Runs `init_fn(rng)` under jit so every leaf is born with its sharding (no host copy of the state).
-
-  Returns (state, shardings)."""
-  abstract = jax.eval_shape(init_fn, rng)
-  shardings = state_shardings(abstract, mesh, mode)
-  state = jax.jit(init_fn, in_shardings=replicated(mesh), out_shardings=shardings)(rng)
-  return state, shardings
+  return jax.tree.map(
+    lambda x: NamedSharding(mesh, leaf_partition_spec(tuple(x.shape), mesh, mode)), abstract_state
+  )
 
 
 def check_global_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   """Validates the batch split and returns this process's share of the global batch."""
   shards, procs = num_batch_shards(mesh), jax.process_count()
   if global_batch_size % shards or global_batch_size % procs:
-    raise ValueError(f'config.data.global_batch_size={global_batch_size} must be divisible by the number of '
-                     f'batch shards ({shards} = data x fsdp) and processes ({procs}).')
+    raise ValueError(
+      f'config.data.global_batch_size={global_batch_size} must be divisible by the number of '
+      f'batch shards ({shards} = data x fsdp) and processes ({procs}).'
+    )
   return global_batch_size // procs
 
 
@@ -111,13 +109,29 @@ def shard_batch(local_batch: Any, mesh: Mesh) -> Any:
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
   """Host values (identical on every process) -> replicated global arrays (e.g. the frozen expert)."""
   sharding = replicated(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_callback(np.shape(x), sharding,
-                                                             lambda idx, x=x: np.asarray(x)[idx]), tree)
+  return jax.tree.map(
+    lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda idx, x=x: np.asarray(x)[idx]), tree
+  )
+
+
+def reshard(tree: Any, shardings: Any) -> Any:
+  """Leaves whose sharding differs from the target (e.g. a value a host-side schedule replaced) -> put
+  there; leaves already laid out as asked are returned as they are (no copy, no compile)."""
+
+  def put(x, s):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(s, x.ndim):
+      return x
+    value = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(value.shape, s, lambda idx: value[idx])
+
+  return jax.tree.map(put, tree, shardings)
 
 
 def describe(mesh: Mesh) -> str:
-  return (f'mesh {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].platform} devices, '
-          f'{jax.process_count()} process(es)')
+  return (
+    f'mesh {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].platform} devices, '
+    f'{jax.process_count()} process(es)'
+  )
 
 
 def log_state_layout(shardings: Any) -> None:

@@ -1,8 +1,10 @@
 """The three training stages as pure functions: expert, generator (L1 + sync) and gan (+ quality disc).
 
-Owns: `TrainState`, the per-stage `init` / `train_step` / `eval_step` / `sample_grid` / `schedule_update`
-functions, and the `STAGES` registry (`get_stage(name)`). The train loop (lipsync_jax.training.loop) jits these
-with shardings; nothing here knows about devices, meshes or files.
+Owns: `StageSettings` (the static settings a step reads, from the locked config), `TrainState`, the
+per-stage `init` / `train_step` / `eval_step` / `sample_grid` functions, the host-side `schedule_update`
+(run after each evaluation) and `scalars` (logged at log steps) of each stage, and the `STAGES` registry
+(`get_stage(name)`). The train loop (lipsync_jax.training.loop) jits these with shardings and never
+branches on a stage's name; nothing here knows about devices, meshes or files.
 
 Spec (WAV2LIP_REFERENCE.md sections 2-4, 6, 7):
 - expert: BCE(cosine(audio_emb, face_emb), label) in train mode (batch statistics); eval in eval mode.
@@ -11,7 +13,7 @@ Spec (WAV2LIP_REFERENCE.md sections 2-4, 6, 7):
   variables are an argument of the step, wrapped in stop_gradient and never differentiated (we take the
   gradient with respect to the generator's params only). The expert's BatchNorm uses batch statistics
   (config.loss.expert_bn='batch', the original, the updates dropped) or its running statistics ('running').
-  w = state.sync_wt is a traced float32 scalar: `schedule_update` raises it from syncnet_wt_initial to
+  w = state.sync_wt is a traced float32 scalar: `sync_schedule` raises it from syncnet_wt_initial to
   syncnet_wt_target once an eval sync loss is below sync_trigger_threshold, without recompiling.
 - gan: G loss = w * sync + disc_wt * perceptual + (1 - w - disc_wt) * L1, perceptual = BCE(D(G(x)), 1);
   then, in the same step, the discriminator: BCE(D(y), 1) + BCE(D(stop_gradient(G(x))), 0), own Adam.
@@ -28,18 +30,19 @@ is computed in float32.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
 import optax
 from flax import struct
+from jax import lax
 
+from lipsync_jax import weights, windows
 from lipsync_jax.training import losses
-from lipsync_jax import windows
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # config.loss.expert_bn -> the `train` flag of the frozen expert's forward pass.
@@ -54,6 +57,7 @@ class StageSettings:
   Run-time values that change during training (the sync weight) are NOT here: they are traced arrays in
   the state, so changing them never recompiles.
   """
+
   stage: str
   img_size: int
   width_multiplier: float
@@ -69,32 +73,43 @@ class StageSettings:
   disc_wt: float
   expert_bn: str
   # Transposed convs (Wav2Lip's decoder, and every strided conv's input gradient): 'direct'|'phase'|'auto'
-  transpose_impl: str = 'auto'
+  transpose_impl: str
 
   @classmethod
   def from_config(cls, config, stage: str) -> StageSettings:
+    """Reads the locked config (configs/common.py is the schema and holds every default) and checks it."""
     model, opt, loss = config.model, config.optimizer, config.loss
     compute_dtype = str(model.compute_dtype)
     if compute_dtype not in COMPUTE_DTYPES:
-      raise ValueError(f'config.model.compute_dtype={compute_dtype!r} is not supported; '
-                       f'use one of {sorted(COMPUTE_DTYPES)}.')
-    expert_bn = str(loss.get('expert_bn', 'batch'))
+      raise ValueError(
+        f'config.model.compute_dtype={compute_dtype!r} is not supported; use one of {sorted(COMPUTE_DTYPES)}.'
+      )
+    expert_bn = str(loss.expert_bn)
     if expert_bn not in EXPERT_BN_MODES:
-      raise ValueError(f'config.loss.expert_bn={expert_bn!r} is not supported; '
-                       f'use one of {sorted(EXPERT_BN_MODES)}.')
+      raise ValueError(
+        f'config.loss.expert_bn={expert_bn!r} is not supported; use one of {sorted(EXPERT_BN_MODES)}.'
+      )
     img_size = int(config.data.img_size)
     if img_size % 2:
       raise ValueError(f'config.data.img_size={img_size} must be even (the expert sees the lower half).')
-    expert_width = model.get('expert_width_multiplier', None)
+    expert_width = float(model.expert_width_multiplier)
     return cls(
-        stage=stage, img_size=img_size, width_multiplier=float(model.width_multiplier),
-        compute_dtype=compute_dtype,
-        expert_width_multiplier=None if expert_width in (None, 0) else float(expert_width),
-        lr=float(opt.lr), b1=float(opt.b1), b2=float(opt.b2),
-        disc_lr=float(opt.get('disc_lr', opt.lr)), disc_b1=float(opt.get('disc_b1', 0.5)),
-        disc_b2=float(opt.get('disc_b2', 0.999)), grad_clip=float(opt.get('grad_clip', 0.0)),
-        disc_wt=float(loss.get('disc_wt', 0.0)), expert_bn=expert_bn,
-        transpose_impl=str(model.get('transpose_impl', 'auto')))
+      stage=stage,
+      img_size=img_size,
+      width_multiplier=float(model.width_multiplier),
+      compute_dtype=compute_dtype,
+      expert_width_multiplier=expert_width or None,
+      lr=float(opt.lr),
+      b1=float(opt.b1),
+      b2=float(opt.b2),
+      disc_lr=float(opt.disc_lr),
+      disc_b1=float(opt.disc_b1),
+      disc_b2=float(opt.disc_b2),
+      grad_clip=float(opt.grad_clip),
+      disc_wt=float(loss.disc_wt),
+      expert_bn=expert_bn,
+      transpose_impl=str(model.transpose_impl),
+    )
 
   @property
   def dtype(self):
@@ -103,6 +118,7 @@ class StageSettings:
 
 class TrainState(struct.PyTreeNode):
   """Everything a stage's train step reads and writes. `settings` is static (tree definition)."""
+
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -123,25 +139,34 @@ class TrainState(struct.PyTreeNode):
 # Models and optimisers (built from the static settings; cheap Python objects, rebuilt at trace time)
 # ------------------------------------------------------------------------------------------------------
 
+
 def _models():
   from lipsync_jax import models  # imported late: the models package is heavy and optional for configs
+
   return models
 
 
 def generator_model(settings: StageSettings) -> nn.Module:
-  return _models().Wav2Lip(width_multiplier=settings.width_multiplier, compute_dtype=settings.dtype,
-                           transpose_impl=settings.transpose_impl)
+  return _models().Wav2Lip(
+    width_multiplier=settings.width_multiplier,
+    compute_dtype=settings.dtype,
+    transpose_impl=settings.transpose_impl,
+  )
 
 
 def expert_model(settings: StageSettings, width: float | None = None) -> nn.Module:
   width = settings.width_multiplier if width is None else width
-  return _models().SyncNet(width_multiplier=width, compute_dtype=settings.dtype,
-                           transpose_impl=settings.transpose_impl)
+  return _models().SyncNet(
+    width_multiplier=width, compute_dtype=settings.dtype, transpose_impl=settings.transpose_impl
+  )
 
 
 def disc_model(settings: StageSettings) -> nn.Module:
-  return _models().QualityDisc(width_multiplier=settings.width_multiplier, compute_dtype=settings.dtype,
-                               transpose_impl=settings.transpose_impl)
+  return _models().QualityDisc(
+    width_multiplier=settings.width_multiplier,
+    compute_dtype=settings.dtype,
+    transpose_impl=settings.transpose_impl,
+  )
 
 
 def _adam(lr: float, b1: float, b2: float, grad_clip: float) -> optax.GradientTransformation:
@@ -161,6 +186,7 @@ def disc_optimizer(settings: StageSettings) -> optax.GradientTransformation:
 # Shared helpers
 # ------------------------------------------------------------------------------------------------------
 
+
 def to_float_image(images: jax.Array) -> jax.Array:
   """uint8 0..255 -> float32 x/255; float images are taken as already in [0, 1]."""
   if images.dtype == jnp.uint8:
@@ -178,17 +204,24 @@ def _shape_signature(tree) -> tuple:
   return tuple(sorted((jax.tree_util.keystr(path), tuple(np.shape(leaf))) for path, leaf in leaves))
 
 
-def _expert_width(settings: StageSettings, expert_signature: tuple) -> float:
-  """The frozen expert's width: from the config if set, else the SyncNet width whose variables match."""
-  if settings.expert_width_multiplier is not None:
-    return settings.expert_width_multiplier
-  for width in (settings.width_multiplier, 1.0, 1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32, 1 / 64):
-    candidate = expert_model(settings, width)
-    shapes = jax.eval_shape(candidate.init, jax.random.key(0), *dummy_expert_inputs(settings))
-    if _shape_signature(shapes) == expert_signature:
-      return width
-  raise ValueError('The frozen expert variables match no SyncNet width multiplier in 1 .. 1/64 at '
-                   f'img_size {settings.img_size}; set config.model.expert_width_multiplier.')
+def _expert_width(settings: StageSettings, expert_variables) -> float:
+  """The frozen expert's width: config.model.expert_width_multiplier if set, else read off its variables
+  (lipsync_jax.weights.infer_width), checked against the whole variables tree at settings.img_size."""
+  width = settings.expert_width_multiplier
+  if width is None:
+    try:
+      width = weights.infer_width('syncnet', expert_variables)
+    except weights.CheckpointError as err:
+      raise ValueError(f'The frozen expert variables are not a SyncNet: {err}') from err
+  shapes = jax.eval_shape(
+    expert_model(settings, width).init, jax.random.key(0), *dummy_expert_inputs(settings)
+  )
+  if _shape_signature(shapes) != _shape_signature(expert_variables):
+    raise ValueError(
+      f'The frozen expert variables do not match a SyncNet of width x{width:g} at img_size '
+      f'{settings.img_size}; check config.data.img_size and config.model.expert_width_multiplier.'
+    )
+  return width
 
 
 _EXPERT_WIDTH_CACHE: dict[tuple[StageSettings, tuple], float] = {}
@@ -198,7 +231,7 @@ def _expert_for(settings: StageSettings, expert_variables) -> nn.Module:
   """The SyncNet module matching the frozen expert's variables (width looked up once per shape set)."""
   key = (settings, _shape_signature(expert_variables))
   if key not in _EXPERT_WIDTH_CACHE:
-    _EXPERT_WIDTH_CACHE[key] = _expert_width(settings, key[1])
+    _EXPERT_WIDTH_CACHE[key] = _expert_width(settings, expert_variables)
   return expert_model(settings, _EXPERT_WIDTH_CACHE[key])
 
 
@@ -209,8 +242,10 @@ def sync_loss(settings: StageSettings, expert_variables, mel: jax.Array, generat
   (stop_gradient); gradients flow through the expert's computation into `generated`.
   """
   if expert_variables is None:
-    raise ValueError(f'Stage {settings.stage!r} needs the frozen expert\'s variables; got None '
-                     '(set config.expert_checkpoint).')
+    raise ValueError(
+      f'Stage {settings.stage!r} needs the frozen expert\'s variables; got None '
+      '(set config.expert_checkpoint).'
+    )
   expert = _expert_for(settings, expert_variables)
   frozen = jax.lax.stop_gradient(expert_variables)
   faces = windows.stack_on_channels(windows.lower_half(generated))
@@ -218,6 +253,15 @@ def sync_loss(settings: StageSettings, expert_variables, mel: jax.Array, generat
   # running-statistics update is not even computed. 'running': the expert's stored statistics.
   audio_emb, face_emb = expert.apply(frozen, mel, faces, train=EXPERT_BN_MODES[settings.expert_bn])
   return losses.cosine_bce(audio_emb, face_emb, 1.0)
+
+
+def random_expert_variables(config) -> dict[str, Any]:
+  """A freshly initialised frozen expert (config.expert_checkpoint='random-init', smoke tests only) at
+  config.model.expert_width_multiplier (0: the generator's width), seed config.seed + 1, as NumPy arrays."""
+  settings = StageSettings.from_config(config, config.stage)
+  model = expert_model(settings, settings.expert_width_multiplier or settings.width_multiplier)
+  variables = model.init(jax.random.key(config.seed + 1), *dummy_expert_inputs(settings), train=False)
+  return jax.device_get(variables)  # eager init: nothing compiled
 
 
 def _disc_logits(settings: StageSettings, disc_params, faces: jax.Array) -> jax.Array:
@@ -233,30 +277,41 @@ def _fold_time(x: jax.Array) -> jax.Array:
 def _check_batch(batch, keys: tuple[str, ...], stage: str) -> None:
   missing = [k for k in keys if k not in batch]
   if missing:
-    raise KeyError(f'Stage {stage!r} batch is missing {missing}; it has {sorted(batch)} '
-                   f'(make the input pipeline in the stage\'s data_mode).')
+    raise KeyError(
+      f'Stage {stage!r} batch is missing {missing}; it has {sorted(batch)} '
+      f'(make the input pipeline in the stage\'s data_mode).'
+    )
 
 
 def _new_state(settings: StageSettings, variables, rng, sync_wt: float, disc_params=None) -> TrainState:
   params = variables['params']
   return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get('batch_stats', {}),
-      opt_state=optimizer(settings).init(params), sync_wt=_f32(sync_wt), rng=rng,
-      disc_params=disc_params,
-      disc_opt_state=None if disc_params is None else disc_optimizer(settings).init(disc_params),
-      settings=settings)
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get('batch_stats', {}),
+    opt_state=optimizer(settings).init(params),
+    sync_wt=_f32(sync_wt),
+    rng=rng,
+    disc_params=disc_params,
+    disc_opt_state=None if disc_params is None else disc_optimizer(settings).init(disc_params),
+    settings=settings,
+  )
 
 
 def dummy_expert_inputs(settings: StageSettings):
   s = settings.img_size
-  return (jnp.zeros((1, windows.NUM_MELS, windows.MEL_STEPS, 1), jnp.float32),
-          jnp.zeros((1, s // 2, s, 3 * windows.SYNC_T), jnp.float32))
+  return (
+    jnp.zeros((1, windows.NUM_MELS, windows.MEL_STEPS, 1), jnp.float32),
+    jnp.zeros((1, s // 2, s, 3 * windows.SYNC_T), jnp.float32),
+  )
 
 
 def _dummy_generator_inputs(settings: StageSettings):
   s = settings.img_size
-  return (jnp.zeros((1, windows.NUM_MELS, windows.MEL_STEPS, 1), jnp.float32),
-          jnp.zeros((1, s, s, 6), jnp.float32))
+  return (
+    jnp.zeros((1, windows.NUM_MELS, windows.MEL_STEPS, 1), jnp.float32),
+    jnp.zeros((1, s, s, 6), jnp.float32),
+  )
 
 
 def _bgr_to_rgb(images: jax.Array) -> jax.Array:
@@ -266,6 +321,7 @@ def _bgr_to_rgb(images: jax.Array) -> jax.Array:
 # ------------------------------------------------------------------------------------------------------
 # Expert stage
 # ------------------------------------------------------------------------------------------------------
+
 
 def expert_init(config, rng: jax.Array) -> TrainState:
   settings = StageSettings.from_config(config, 'expert')
@@ -287,16 +343,20 @@ def expert_train_step(state: TrainState, batch, expert_variables=None) -> tuple[
 
   def loss_fn(params):
     (audio_emb, face_emb), updates = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, mel, faces, train=True,
-        mutable=['batch_stats'])
+      {'params': params, 'batch_stats': state.batch_stats}, mel, faces, train=True, mutable=['batch_stats']
+    )
     loss = losses.cosine_bce(audio_emb, face_emb, label)
     cos = losses.cosine_similarity(audio_emb, face_emb)
     return loss, (updates['batch_stats'], losses.sync_accuracy(cos, label))
 
   (loss, (batch_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer(settings).update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            batch_stats=batch_stats, opt_state=opt_state)
+  new_state = state.replace(
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, updates),
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+  )
   return new_state, {'loss': loss, 'acc': acc, 'grad_norm': optax.tree.norm(grads)}
 
 
@@ -321,10 +381,15 @@ def expert_sample_grid(state: TrainState, batch, expert_variables=None) -> jax.A
 # Generator and GAN stages
 # ------------------------------------------------------------------------------------------------------
 
+
 def _generator_inputs(batch, stage: str):
   _check_batch(batch, ('inputs', 'gt', 'indiv_mels', 'mel'), stage)
-  return (to_float_image(batch['inputs']), to_float_image(batch['gt']), _f32(batch['indiv_mels']),
-          _f32(batch['mel']))
+  return (
+    to_float_image(batch['inputs']),
+    to_float_image(batch['gt']),
+    _f32(batch['indiv_mels']),
+    _f32(batch['mel']),
+  )
 
 
 def _generate(settings: StageSettings, variables, batch, stage: str, train: bool):
@@ -339,22 +404,32 @@ def _generate(settings: StageSettings, variables, batch, stage: str, train: bool
   return generated.astype(jnp.float32), new_stats, gt, mel
 
 
-def generator_losses(settings: StageSettings, params, batch_stats, batch, expert_variables, sync_wt,
-                     disc_params=None, train: bool = True):
+def generator_losses(
+  settings: StageSettings,
+  params,
+  batch_stats,
+  batch,
+  expert_variables,
+  sync_wt,
+  disc_params=None,
+  train: bool = True,
+):
   """Weighted generator loss and its parts (also the function the tests differentiate).
 
   Returns (loss, (parts dict, new batch_stats, generated (B, 5, S, S, 3))).
   """
   stage = settings.stage
   generated, new_stats, gt, mel = _generate(
-      settings, {'params': params, 'batch_stats': batch_stats}, batch, stage, train)
+    settings, {'params': params, 'batch_stats': batch_stats}, batch, stage, train
+  )
   w = _f32(sync_wt)
   if train:
     # As the original: while w == 0 the expert is not run at all (lax.cond executes one branch; w is
     # traced, so switching it on does not recompile). The train 'sync' metric reads 0 until then; the
     # eval step (train=False) always computes it, since it drives the trigger.
-    sync = lax.cond(w > 0, lambda: sync_loss(settings, expert_variables, mel, generated),
-                    lambda: jnp.zeros((), jnp.float32))
+    sync = lax.cond(
+      w > 0, lambda: sync_loss(settings, expert_variables, mel, generated), lambda: jnp.zeros((), jnp.float32)
+    )
   else:
     sync = sync_loss(settings, expert_variables, mel, generated)
   parts = {'l1': losses.l1(generated, gt), 'sync': sync}
@@ -372,11 +447,22 @@ def _generator_update(state: TrainState, batch, expert_variables, with_disc: boo
   settings = state.settings
   grad_fn = jax.value_and_grad(generator_losses, argnums=1, has_aux=True)
   (loss, (parts, batch_stats, generated)), grads = grad_fn(
-      settings, state.params, state.batch_stats, batch, expert_variables, state.sync_wt,
-      state.disc_params if with_disc else None, True)
+    settings,
+    state.params,
+    state.batch_stats,
+    batch,
+    expert_variables,
+    state.sync_wt,
+    state.disc_params if with_disc else None,
+    True,
+  )
   updates, opt_state = optimizer(settings).update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            batch_stats=batch_stats, opt_state=opt_state)
+  new_state = state.replace(
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, updates),
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+  )
   metrics = {'loss': loss, **parts, 'grad_norm': optax.tree.norm(grads), 'sync_wt': state.sync_wt}
   return new_state, metrics, generated
 
@@ -400,11 +486,14 @@ def gan_train_step(state: TrainState, batch, expert_variables) -> tuple[TrainSta
   state, metrics, generated = _generator_update(state, batch, expert_variables, with_disc=True)
   real = to_float_image(batch['gt'])
   (disc_loss, disc_parts), disc_grads = jax.value_and_grad(_disc_losses, argnums=1, has_aux=True)(
-      settings, state.disc_params, real, generated)
-  updates, disc_opt_state = disc_optimizer(settings).update(disc_grads, state.disc_opt_state,
-                                                            state.disc_params)
-  state = state.replace(disc_params=optax.apply_updates(state.disc_params, updates),
-                        disc_opt_state=disc_opt_state)
+    settings, state.disc_params, real, generated
+  )
+  updates, disc_opt_state = disc_optimizer(settings).update(
+    disc_grads, state.disc_opt_state, state.disc_params
+  )
+  state = state.replace(
+    disc_params=optax.apply_updates(state.disc_params, updates), disc_opt_state=disc_opt_state
+  )
   metrics.update(disc_parts, disc_loss=disc_loss, disc_grad_norm=optax.tree.norm(disc_grads))
   return state, metrics
 
@@ -412,8 +501,15 @@ def gan_train_step(state: TrainState, batch, expert_variables) -> tuple[TrainSta
 def generator_eval_step(state: TrainState, batch, expert_variables) -> Metrics:
   with_disc = state.disc_params is not None
   loss, (parts, _, generated) = generator_losses(
-      state.settings, state.params, state.batch_stats, batch, expert_variables, state.sync_wt,
-      state.disc_params if with_disc else None, train=False)
+    state.settings,
+    state.params,
+    state.batch_stats,
+    batch,
+    expert_variables,
+    state.sync_wt,
+    state.disc_params if with_disc else None,
+    train=False,
+  )
   metrics = {'loss': loss, **parts}
   if with_disc:
     _, disc_parts = _disc_losses(state.settings, state.disc_params, to_float_image(batch['gt']), generated)
@@ -427,8 +523,9 @@ def generator_sample_grid(state: TrainState, batch, expert_variables=None) -> ja
   generated, _, gt, _ = _generate(state.settings, state.variables, batch, state.settings.stage, False)
   inputs = to_float_image(jnp.asarray(batch['inputs']))
   mid = inputs.shape[1] // 2
-  row = jnp.concatenate([inputs[:, mid, ..., 3:6], inputs[:, mid, ..., 0:3], generated[:, mid],
-                         gt[:, mid]], axis=2)
+  row = jnp.concatenate(
+    [inputs[:, mid, ..., 3:6], inputs[:, mid, ..., 0:3], generated[:, mid], gt[:, mid]], axis=2
+  )
   return jnp.clip(_bgr_to_rgb(row), 0.0, 1.0)
 
 
@@ -445,60 +542,113 @@ def gan_init(config, rng: jax.Array) -> TrainState:
   variables = generator_model(settings).init(g_rng, *_dummy_generator_inputs(settings), train=False)
   s = settings.img_size
   disc_vars = disc_model(settings).init(d_rng, jnp.zeros((1, s, s, 3), jnp.float32), train=False)
-  return _new_state(settings, variables, state_rng, sync_wt=float(config.loss.syncnet_wt_initial),
-                    disc_params=disc_vars['params'])
+  return _new_state(
+    settings,
+    variables,
+    state_rng,
+    sync_wt=float(config.loss.syncnet_wt_initial),
+    disc_params=disc_vars['params'],
+  )
 
 
 # ------------------------------------------------------------------------------------------------------
-# Host-side schedule
+# Host side: the schedule step after each evaluation, and the scalars each stage reports
 # ------------------------------------------------------------------------------------------------------
 
-def schedule_update(state: TrainState, eval_metrics, config) -> TrainState:
+
+def sync_schedule(state: TrainState, eval_metrics, config) -> tuple[TrainState, dict[str, float]]:
   """Sync-weight trigger: once the eval sync loss is below the threshold, w becomes the target (and stays).
 
-  Only the traced `sync_wt` value changes (same shape, dtype and sharding), so nothing recompiles.
+  Returns (state, {'sync_wt': w from now on}). Only the traced `sync_wt` value changes (same shape, dtype
+  and sharding), so nothing recompiles.
   """
+  current = float(np.asarray(jax.device_get(state.sync_wt)))
   if 'sync' not in eval_metrics:
-    return state
+    return state, {'sync_wt': current}
   target = float(config.loss.syncnet_wt_target)
   eval_sync = float(np.asarray(eval_metrics['sync']))
-  current = float(np.asarray(jax.device_get(state.sync_wt)))
   if eval_sync < float(config.loss.sync_trigger_threshold) and current != target:
     # An op on the old value keeps its sharding and its committed-ness (jit's cache key includes both;
     # a fresh device_put would be committed and cost one recompile when the state was not).
-    return state.replace(sync_wt=jnp.zeros_like(state.sync_wt) + np.float32(target))
-  return state
+    return state.replace(sync_wt=jnp.zeros_like(state.sync_wt) + np.float32(target)), {'sync_wt': target}
+  return state, {'sync_wt': current}
 
 
-def sync_triggered(state: TrainState, config) -> bool:
-  """Whether the sync weight has reached its target (for logging)."""
-  return float(np.asarray(jax.device_get(state.sync_wt))) == float(config.loss.syncnet_wt_target)
+def no_schedule(state: TrainState, eval_metrics, config) -> tuple[TrainState, dict[str, float]]:
+  """The expert stage has no schedule: the state as it is, nothing to report."""
+  del eval_metrics, config
+  return state, {}
+
+
+def lr_scalars(config) -> dict[str, float]:
+  """The learning rate, written next to the train metrics at log steps (the generator stages report the
+  sync weight as a metric of every step)."""
+  return {'lr': float(config.optimizer.lr)}
+
+
+def gan_scalars(config) -> dict[str, float]:
+  return {'lr': float(config.optimizer.lr), 'disc_lr': float(config.optimizer.disc_lr)}
 
 
 # ------------------------------------------------------------------------------------------------------
 # Registry
 # ------------------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One training stage: pure functions the train loop jits (see the module docstring)."""
+  """One training stage: pure functions the train loop jits, and its host-side hooks.
+
+  scalars(config) -> {name: float}: constant scalars the loop writes as train/<name> at log steps.
+  schedule_update(state, eval_means, config) -> (state, {name: float}): the step after each evaluation
+  (e.g. the sync-weight trigger); the returned scalars are logged with the eval metrics.
+  """
+
   name: str
-  data_mode: str  # input_pipeline mode: 'expert' | 'generator'
+  data_mode: str  # lipsync_jax.data.pipeline mode: 'expert' | 'generator'
   needs_expert: bool
   init: Callable[[Any, jax.Array], TrainState]
   train_step: Callable[[TrainState, Any, Any], tuple[TrainState, Metrics]]
   eval_step: Callable[[TrainState, Any, Any], Metrics]
   sample_grid: Callable[[TrainState, Any, Any], jax.Array]
-  schedule_update: Callable[[TrainState, Any, Any], TrainState] = schedule_update
+  scalars: Callable[[Any], dict[str, float]]
+  schedule_update: Callable[[TrainState, Any, Any], tuple[TrainState, dict[str, float]]]
 
 
 STAGES: dict[str, Stage] = {
-    'expert': Stage('expert', 'expert', False, expert_init, expert_train_step, expert_eval_step,
-                    expert_sample_grid, schedule_update=lambda state, eval_metrics, config: state),
-    'generator': Stage('generator', 'generator', True, generator_init, generator_train_step,
-                       generator_eval_step, generator_sample_grid),
-    'gan': Stage('gan', 'generator', True, gan_init, gan_train_step, generator_eval_step,
-                 generator_sample_grid),
+  'expert': Stage(
+    'expert',
+    'expert',
+    False,
+    expert_init,
+    expert_train_step,
+    expert_eval_step,
+    expert_sample_grid,
+    lr_scalars,
+    no_schedule,
+  ),
+  'generator': Stage(
+    'generator',
+    'generator',
+    True,
+    generator_init,
+    generator_train_step,
+    generator_eval_step,
+    generator_sample_grid,
+    lr_scalars,
+    sync_schedule,
+  ),
+  'gan': Stage(
+    'gan',
+    'generator',
+    True,
+    gan_init,
+    gan_train_step,
+    generator_eval_step,
+    generator_sample_grid,
+    gan_scalars,
+    sync_schedule,
+  ),
 }
 
 

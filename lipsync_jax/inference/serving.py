@@ -1,4 +1,4 @@
-"""Load an exported lipsync_jax artifact (see lipsync_jax.export) as a plain callable.
+"""Load an exported lipsync_jax artifact (see lipsync_jax.inference.export) as a plain callable.
 
 Owns `load(path) -> ServedModel`. Only the StableHLO artifact, a pickle-free .npz of parameters and a JSON
 file are read; no Flax module or model code is needed at serving time.
@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lipsync_jax.export import EXPORT_FILE, META_FILE, PARAMS_FILE, unflatten_params
+from lipsync_jax import fs
+from lipsync_jax.inference.export import EXPORT_FILE, META_FILE, PARAMS_FILE, params_from_npz_dict
 
 
 class ServedModel:
@@ -42,16 +43,17 @@ class ServedModel:
 def load(path: str) -> ServedModel:
   """Reads DIR/{model.jaxexport, params.npz, export_meta.json}; raises ValueError naming what is missing."""
   files = {name: os.path.join(path, name) for name in (EXPORT_FILE, PARAMS_FILE, META_FILE)}
-  missing = [name for name, p in files.items() if not os.path.isfile(p)]
+  missing = [name for name, p in files.items() if not fs.isfile(p)]
   if missing:
-    raise ValueError(f"{path}: not a lipsync_jax export (missing {missing}); create one with "
-                     "`python -m lipsync_jax.export`")
-  with open(files[EXPORT_FILE], "rb") as f:
+    raise ValueError(
+      f"{path}: not a lipsync_jax export (missing {missing}); create one with `python -m lipsync_jax.export`"
+    )
+  with fs.open(files[EXPORT_FILE], "rb") as f:
     exported = jax.export.deserialize(bytearray(f.read()))
-  with open(files[META_FILE]) as f:
+  with fs.open(files[META_FILE]) as f:
     meta = json.load(f)
-  with np.load(files[PARAMS_FILE], allow_pickle=False) as data:
+  with fs.open(files[PARAMS_FILE], "rb") as f, np.load(f, allow_pickle=False) as data:
     flat = {key: data[key] for key in data.files}
   if sorted(flat) != sorted(meta.get("param_keys", flat)):
     raise ValueError(f"{path}: {PARAMS_FILE} does not match {META_FILE} (different export runs?)")
-  return ServedModel(exported, unflatten_params(flat), meta)
+  return ServedModel(exported, params_from_npz_dict(flat), meta)

@@ -1,0 +1,228 @@
+"""LSE-D / LSE-C / AV offset with SyncNet v2 (joonson/syncnet_python, as the Wav2Lip paper evaluates).
+
+Owns the LSE protocol (spec section 10): every frame at 25 fps (THE fps rule: video.iter_frames(path,
+fps=25.0)) resized to 224x224 (BGR, 0..255), audio at 16 kHz as int16-scaled samples ->
+python_speech_features.mfcc defaults (13 coefficients, 10 ms step) -> (13, T). Real videos: face_crop=True
+detects the face and crops it the way syncnet_python's face-track pipeline does (a 2.8x box-size square,
+padded with grey 110). n = min(frames, floor(samples / 640)); windows v = 0 .. n-6 (syncnet_python iterates
+`range(0, n - 5)`): lips = frames v..v+4, audio = MFCC steps 4v .. 4v+19; then the offset search of
+lipsync_jax.evaluation.offsets (euclidean): LSE-D = min(mdist), LSE-C = median(mdist) - min(mdist).
+
+  SyncNetV2Features(variables, width_multiplier, batch_size)   features on the shared BatchRunner
+  lse_from_arrays(frames_224, wav_16k, features) -> {lse_d, lse_c, offset, windows}   in-memory clips
+  evaluate_lse(videos, syncnet_path, ...) -> {videos, mean, failed}                   the CLI's work
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lipsync_jax import fs
+from lipsync_jax.evaluation import offsets
+from lipsync_jax.evaluation.faces import EvaluationError, detect, tracked_boxes
+from lipsync_jax.inference.runner import BatchRunner
+
+LIP_SIZE = 224
+FPS = 25.0
+SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
+MFCC_STEPS_PER_FRAME = 4
+MFCC_WINDOW = 20
+CROP_SCALE = 0.4  # syncnet_python crop_video's crop_scale
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+NO_PADS = (0, 0, 0, 0)
+
+log = logging.getLogger(__name__)
+
+
+def mfcc_features(wav_16k: np.ndarray) -> np.ndarray:
+  """python_speech_features.mfcc defaults on int16-scaled 16 kHz samples (as wavfile.read gives): (13, T)."""
+  import python_speech_features
+
+  samples = np.clip(np.round(np.asarray(wav_16k, np.float64) * 32768.0), -32768, 32767)
+  return np.asarray(python_speech_features.mfcc(samples, 16000), np.float64).T
+
+
+def num_lse_windows(num_frames: int, num_samples: int) -> int:
+  """syncnet_python: n = min(frames, floor(samples/640)); windows v in range(0, n - 5)."""
+  return max(0, min(num_frames, math.floor(num_samples / SAMPLES_PER_FRAME)) - 5)
+
+
+class SyncNetV2Features:
+  """SyncNet v2 lip and audio features, each on one BatchRunner (fixed batch shape, last batch padded)."""
+
+  def __init__(self, variables: Any, width_multiplier: float = 1.0, batch_size: int = 20):
+    from lipsync_jax.models.syncnet_v2 import SyncNetV2
+
+    model = SyncNetV2(width_multiplier=width_multiplier)
+    self.batch_size = int(batch_size)
+    self.lips = BatchRunner(lambda v, x: model.apply(v, lips=x.astype(jnp.float32)), variables, batch_size)
+    self.audio = BatchRunner(lambda v, x: model.apply(v, mfcc=x), variables, batch_size)
+
+  def features_for(
+    self, frames_224: np.ndarray, mfcc: np.ndarray, num_windows: int
+  ) -> tuple[np.ndarray, np.ndarray]:
+    """frames (N,224,224,3) uint8 BGR, mfcc (13,T), windows v < num_windows -> (video_feats, audio_feats)."""
+    if num_windows <= 0:
+      raise EvaluationError("too short for LSE: need at least 6 frames (0.24 s) of video and audio")
+    frames_224 = np.asarray(frames_224)
+    video = self.lips.map(num_windows, lambda rows: (np.stack([frames_224[v : v + 5] for v in rows]),))
+    audio = self.audio.map(
+      num_windows,
+      lambda rows: (
+        np.stack([mfcc[:, MFCC_STEPS_PER_FRAME * v : MFCC_STEPS_PER_FRAME * v + MFCC_WINDOW] for v in rows])[
+          ..., None
+        ].astype(np.float32),
+      ),
+    )
+    return video, audio
+
+
+def syncnet_face_crop(
+  frame: np.ndarray, box: Sequence[float], crop_scale: float = CROP_SCALE, size: int = LIP_SIZE
+) -> np.ndarray:
+  """syncnet_python's face-track crop (reconstructed): a 2.8*s square around the box (s = half its longer
+  side), reaching 1*s above and 1.8*s below the box centre, frame padded with 110 -> size x size."""
+  x1, y1, x2, y2 = (float(v) for v in box)
+  half = max(x2 - x1, y2 - y1) / 2
+  pad = int(half * (1 + 2 * crop_scale))
+  padded = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(110, 110, 110))
+  cy, cx = (y1 + y2) / 2 + pad, (x1 + x2) / 2 + pad
+  face = padded[
+    int(cy - half) : int(cy + half * (1 + 2 * crop_scale)),
+    int(cx - half * (1 + crop_scale)) : int(cx + half * (1 + crop_scale)),
+  ]
+  return cv2.resize(face, (size, size))
+
+
+def load_lse_inputs(
+  video_path: str, face_crop: bool = False, detector: Any = "haar"
+) -> tuple[np.ndarray, np.ndarray]:
+  """Frames as SyncNet v2 sees them (224x224 at 25 fps) and the 16 kHz audio of a video file.
+
+  face_crop=False: whole frames resized (generated face videos, the LRS2 protocol of the Wav2Lip paper).
+  face_crop=True: faces tracked and cropped the way syncnet_python's pipeline crops face tracks (for real
+  videos with a single speaker).
+  """
+  from lipsync_jax.media import video
+
+  if not os.path.isfile(video_path):
+    raise EvaluationError(f"video {video_path!r} not found")
+  info = video.probe(video_path)
+  if not info.has_audio:
+    raise EvaluationError(f"video {video_path!r} has no audio track; LSE needs the speech audio")
+  if abs(info.fps - FPS) > 0.01:
+    log.warning("%s: %.3f fps, resampling to 25 fps (the metric assumes 25)", video_path, info.fps)
+  if face_crop:
+    # Pass 1 detects (streamed), pass 2 crops: a long video is never held at full resolution. THE face
+    # track, but with no pads: syncnet_python crops around the raw detector boxes (its own 2.8x square,
+    # syncnet_face_crop), not around Wav2Lip's padded ones; fill + 5-frame smoothing as everywhere.
+    raw = detect(video.iter_frames(video_path, fps=FPS), detector)
+    try:
+      boxes, _ = tracked_boxes(raw, info.width, info.height, pads=NO_PADS)
+    except EvaluationError as e:
+      raise EvaluationError(f"video {video_path!r}: {e} (--face_crop)") from e
+    frames = np.stack(
+      [syncnet_face_crop(frame, box) for frame, box in zip(video.iter_frames(video_path, fps=FPS), boxes)]
+    )
+  else:
+    frames = np.stack([cv2.resize(f, (LIP_SIZE, LIP_SIZE)) for f in video.iter_frames(video_path, fps=FPS)])
+  wav = video.read_audio(video_path, sr=16000)
+  return frames, wav
+
+
+def lse_from_arrays(frames_224: np.ndarray, wav_16k: np.ndarray, features: SyncNetV2Features) -> dict:
+  """LSE-D, LSE-C and AV offset of one clip given as 25 fps 224x224 BGR frames and 16 kHz audio."""
+  mfcc = mfcc_features(wav_16k)
+  video_feats, audio_feats = features.features_for(
+    frames_224, mfcc, num_lse_windows(len(frames_224), len(wav_16k))
+  )
+  summary = offsets.summarize_offsets(offsets.offset_distances(video_feats, audio_feats), offsets.VSHIFT)
+  return {
+    "lse_d": summary["min_dist"],
+    "lse_c": summary["confidence"],
+    "offset": summary["offset"],
+    "windows": int(len(video_feats)),
+  }
+
+
+def lse_scores(
+  video_path: str, features: SyncNetV2Features, face_crop: bool = False, detector: Any = "haar"
+) -> dict:
+  """One video file's LSE-D, LSE-C and AV offset."""
+  frames, wav = load_lse_inputs(video_path, face_crop, detector)
+  return {"video": video_path, **lse_from_arrays(frames, wav, features)}
+
+
+def collect_videos(items: Sequence[str]) -> list[str]:
+  """Video files named directly, and those found (recursively) under named directories."""
+  paths = []
+  for item in items:
+    if fs.isdir(item):
+      found = [p for p in fs.glob(os.path.join(item, "**", "*")) if p.lower().endswith(VIDEO_EXTENSIONS)]
+      if not found:
+        raise EvaluationError(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) under {item!r}")
+      paths.extend(found)
+    else:
+      paths.append(item)
+  return paths
+
+
+def load_features(syncnet_path: str, batch_size: int = 20) -> SyncNetV2Features:
+  """SyncNet v2 features from a `syncnet_v2.model` file (lipsync_jax.weights, kind 'syncnet_v2')."""
+  from lipsync_jax import weights
+
+  if not fs.exists(syncnet_path):
+    raise EvaluationError(
+      f"SyncNet v2 weights {syncnet_path!r} not found; download syncnet_v2.model "
+      "(joonson/syncnet_python) and pass its path with --syncnet"
+    )
+  variables, meta = weights.load(syncnet_path, "syncnet_v2")
+  return SyncNetV2Features(jax.tree.map(np.asarray, variables), meta["width_multiplier"], batch_size)
+
+
+def evaluate_lse(
+  videos: Sequence[str],
+  syncnet_path: str,
+  batch_size: int = 20,
+  progress: bool = True,
+  face_crop: bool = False,
+  detector: Any = "haar",
+) -> dict:
+  """Score every video; unreadable ones are skipped and listed. Returns {'videos', 'mean', 'failed'}."""
+  from tqdm import tqdm
+
+  features = load_features(syncnet_path, batch_size)
+  rows, failed = [], []
+  for path in tqdm(collect_videos(videos), desc="LSE", disable=not progress, unit="video"):
+    try:
+      rows.append(lse_scores(path, features, face_crop, detector))
+    except (ValueError, OSError) as e:  # VideoError / AudioError / EvaluationError are ValueErrors
+      failed.append({"video": path, "error": str(e)})
+      log.warning("skipping %s: %s", path, e)
+  mean = {k: float(np.mean([r[k] for r in rows])) for k in ("lse_d", "lse_c", "offset")} if rows else {}
+  return {"videos": rows, "mean": mean, "failed": failed}
+
+
+def format_table(result: dict) -> str:
+  lines = [f"{'video':<48} {'LSE-D':>8} {'LSE-C':>8} {'offset':>7}"]
+  for r in result["videos"]:
+    name = os.path.basename(r["video"])[-48:]
+    lines.append(f"{name:<48} {r['lse_d']:8.3f} {r['lse_c']:8.3f} {r['offset']:7d}")
+  if result["mean"]:
+    m = result["mean"]
+    lines.append(
+      f"{'mean (' + str(len(result['videos'])) + ' videos)':<48} {m['lse_d']:8.3f} "
+      f"{m['lse_c']:8.3f} {m['offset']:7.2f}"
+    )
+  for f in result["failed"]:
+    lines.append(f"FAILED {f['video']}: {f['error']}")
+  return "\n".join(lines)
