@@ -283,6 +283,17 @@ def _check_batch(batch, keys: tuple[str, ...], stage: str) -> None:
     )
 
 
+def _apply_gradients(state: TrainState, grads, batch_stats) -> TrainState:
+  """One optimizer step of the trained network: Adam on `grads`, the new BatchNorm statistics, step + 1."""
+  updates, opt_state = optimizer(state.settings).update(grads, state.opt_state, state.params)
+  return state.replace(
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, updates),
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+  )
+
+
 def _new_state(settings: StageSettings, variables, rng, sync_wt: float, disc_params=None) -> TrainState:
   params = variables['params']
   return TrainState(
@@ -350,13 +361,7 @@ def expert_train_step(state: TrainState, batch, expert_variables=None) -> tuple[
     return loss, (updates['batch_stats'], losses.sync_accuracy(cos, label))
 
   (loss, (batch_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = optimizer(settings).update(grads, state.opt_state, state.params)
-  new_state = state.replace(
-    step=state.step + 1,
-    params=optax.apply_updates(state.params, updates),
-    batch_stats=batch_stats,
-    opt_state=opt_state,
-  )
+  new_state = _apply_gradients(state, grads, batch_stats)
   return new_state, {'loss': loss, 'acc': acc, 'grad_norm': optax.tree.norm(grads)}
 
 
@@ -456,13 +461,7 @@ def _generator_update(state: TrainState, batch, expert_variables, with_disc: boo
     state.disc_params if with_disc else None,
     True,
   )
-  updates, opt_state = optimizer(settings).update(grads, state.opt_state, state.params)
-  new_state = state.replace(
-    step=state.step + 1,
-    params=optax.apply_updates(state.params, updates),
-    batch_stats=batch_stats,
-    opt_state=opt_state,
-  )
+  new_state = _apply_gradients(state, grads, batch_stats)
   metrics = {'loss': loss, **parts, 'grad_norm': optax.tree.norm(grads), 'sync_wt': state.sync_wt}
   return new_state, metrics, generated
 
