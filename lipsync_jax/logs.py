@@ -76,8 +76,12 @@ def setup(verbosity: int = 0) -> None:
   for name, level in THIRD_PARTY_LEVELS.items():
     if name != 'root':
       logging.getLogger(name).setLevel(level)
-  if not any(isinstance(f, _DropKnownNoise) for f in root.filters):
-    root.addFilter(_DropKnownNoise())
+  # Filters on the loggers the noise is logged on (root: Beam; 'absl': orbax) and on root's handlers (for
+  # records propagated from other loggers). Python's last-resort handler, used while root has none, does not
+  # run handler filters, so the logger filters are what a plain script relies on.
+  for logger in (root, logging.getLogger('absl')):
+    if not any(isinstance(f, _DropKnownNoise) for f in logger.filters):
+      logger.addFilter(_DropKnownNoise())
   for handler in root.handlers:
     if not any(isinstance(f, _DropKnownNoise) for f in handler.filters):
       handler.addFilter(_DropKnownNoise())
