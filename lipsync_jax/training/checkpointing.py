@@ -35,6 +35,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from lipsync_jax import fs
+
 CHECKPOINT_DIR = 'checkpoints'
 CORRUPT_DIR = 'checkpoints_corrupt'
 MODEL_ITEM, DISC_ITEM, TRAIN_ITEM, DATA_ITEM, META_ITEM = 'model', 'disc', 'train', 'data', 'meta'
@@ -51,10 +53,7 @@ _WHICH = {
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
   """The orbax directory of a workdir, made absolute (orbax refuses relative paths, and the README's
   commands pass `--workdir=workdirs/...`); remote paths (gs://...) are left as they are."""
-  workdir = os.fspath(workdir)
-  if '://' not in workdir:
-    workdir = os.path.abspath(workdir)
-  return epath.Path(workdir) / CHECKPOINT_DIR
+  return fs.path(fs.absolute(workdir)) / CHECKPOINT_DIR
 
 
 def make_manager(
@@ -221,8 +220,8 @@ def restore_latest(manager: ocp.CheckpointManager, workdir, abstract_state, shar
 def _quarantine(manager, workdir, steps) -> None:
   """Moves unreadable steps out of the manager's directory (kept for inspection) so training can go on."""
   if jax.process_index() == 0:
-    dest_root = epath.Path(workdir) / CORRUPT_DIR
-    dest_root.mkdir(parents=True, exist_ok=True)
+    dest_root = fs.path(workdir) / CORRUPT_DIR
+    fs.makedirs(dest_root)
     for step in steps:
       src = manager.directory / str(step)
       dest = dest_root / f'{step}-{int(time.time())}'

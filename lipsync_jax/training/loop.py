@@ -25,9 +25,8 @@ import jax
 import ml_collections
 import numpy as np
 from clu import metric_writers
-from etils import epath
 
-from lipsync_jax import weights
+from lipsync_jax import fs, weights
 from lipsync_jax.data import pipeline
 from lipsync_jax.training import checkpointing, sharding, stages
 from lipsync_jax.training import metrics as metrics_lib
@@ -123,8 +122,9 @@ def train_and_evaluate(
   workdir = os.fspath(workdir)
   is_chief = jax.process_index() == 0
   if is_chief:
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    (epath.Path(workdir) / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    fs.makedirs(workdir)
+    with fs.open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
   result = TrainResult()
   with contextlib.ExitStack() as cleanup:  # closed in reverse: metrics, preemption, checkpoints, writer
     # TensorBoard on the chief only; the console gets the loop's own lines (no per-scalar echo).
