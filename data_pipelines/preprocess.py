@@ -188,6 +188,9 @@ class ProcessClipFn(beam.DoFn):
     if record is not None:
       self.written.inc()
       self.frames.inc(report["num_frames"])
+      if report.get("damaged_packets"):  # kept, decoded around its damage (lipsync_jax.media.video)
+        Metrics.counter(COUNTER_NAMESPACE, "clips_damaged").inc()
+        Metrics.counter(COUNTER_NAMESPACE, "damaged_packets").inc(report["damaged_packets"])
       yield beam.pvalue.TaggedOutput(f"records_{task.split}", record)
     else:
       Metrics.counter(COUNTER_NAMESPACE, f"skipped_{report['reason']}").inc()

@@ -93,3 +93,13 @@ def local_copy(p: PathLike) -> Iterator[str]:
     yield local
   finally:
     shutil.rmtree(directory, ignore_errors=True)
+
+
+# The project's local cache root (the demo corpus, jax's compilation cache): $LIPSYNC_JAX_CACHE, else
+# ~/.cache/lipsync_jax.
+CACHE_ENV = "LIPSYNC_JAX_CACHE"
+
+
+def cache_root(cache_dir: str | None = None) -> str:
+  """`cache_dir` if given, else $LIPSYNC_JAX_CACHE, else ~/.cache/lipsync_jax (user-expanded)."""
+  return os.path.expanduser(cache_dir or os.environ.get(CACHE_ENV) or "~/.cache/lipsync_jax")

@@ -13,15 +13,17 @@ result line (or one `error:` line and exit status 1).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
 
 import jax.numpy as jnp
 
-from lipsync_jax import fs, logs, weights
+from lipsync_jax import compile_cache, fs, logs, weights
 from lipsync_jax.inference import lipsync
 from lipsync_jax.inference.frames import InferenceError
-from lipsync_jax.media import track
+from lipsync_jax.media import detectors, track
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
   )
   p.add_argument("--rotate", action="store_true", help="rotate frames 90 degrees clockwise")
   p.add_argument("--nosmooth", action="store_true", help="do not smooth boxes over 5 frames")
-  p.add_argument("--detector", default="haar", help="face detector name (lipsync_jax.media.detectors)")
+  detectors.add_flags(p)
   p.add_argument(
     "--no_face",
     choices=track.NO_FACE_POLICIES,
@@ -76,46 +78,71 @@ def _parser() -> argparse.ArgumentParser:
     "CPUs with AMX/AVX512-BF16",
   )
   p.add_argument("--no_progress", action="store_true")
+  compile_cache.add_flag(p)
+  p.add_argument(
+    "--stats_json",
+    default=None,
+    help="also write the run's figures (frames, seconds per stage, XLA programs compiled / loaded from "
+    "the cache) to this JSON file",
+  )
   logs.add_verbosity_flag(p)
   return p
 
 
 def main(argv: list[str] | None = None) -> int:
+  start = time.perf_counter()
   args = _parser().parse_args(argv)
   logs.setup(args.verbosity)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
+  cache_dir = compile_cache.enable(disabled=args.no_compile_cache)
   try:
     for flag, path in (("--face", args.face), ("--audio", args.audio), ("--checkpoint", args.checkpoint)):
       if not fs.exists(path):
         raise InferenceError(f"{flag} {path!r} does not exist")
-    variables, meta = weights.load(args.checkpoint, "wav2lip")
-    stats = lipsync.lipsync(
-      args.face,
-      args.audio,
-      variables,
-      args.out,
-      meta,
-      pads=args.pads,
-      nosmooth=args.nosmooth,
-      box=args.box,
-      resize_factor=args.resize_factor,
-      crop=args.crop,
-      rotate=args.rotate,
-      static=args.static,
-      fps=args.fps,
-      batch_size=args.batch_size,
-      detector=args.detector,
-      no_face=args.no_face,
-      progress=not args.no_progress,
-      compute_dtype=jnp.dtype(args.dtype),
+    with compile_cache.count_compiles() as compiles:
+      variables, meta = weights.load(args.checkpoint, "wav2lip")
+      load_s = time.perf_counter() - start
+      stats = lipsync.lipsync(
+        args.face,
+        args.audio,
+        variables,
+        args.out,
+        meta,
+        pads=args.pads,
+        nosmooth=args.nosmooth,
+        box=args.box,
+        resize_factor=args.resize_factor,
+        crop=args.crop,
+        rotate=args.rotate,
+        static=args.static,
+        fps=args.fps,
+        batch_size=args.batch_size,
+        # Built here (a bad --detector_weights fails before any work), only when boxes are detected.
+        detector=detectors.from_flags(args) if args.box[0] == -1 else args.detector,
+        no_face=args.no_face,
+        progress=not args.no_progress,
+        compute_dtype=jnp.dtype(args.dtype),
+      )
+    stats.update(
+      compile_cache_dir=cache_dir,
+      xla_programs=compiles["programs"],
+      xla_cache_hits=compiles["cache_hits"],
+      load_s=load_s,
+      main_s=time.perf_counter() - start,
     )
+    if args.stats_json:
+      with fs.open(args.stats_json, "w") as f:
+        json.dump(stats, f, indent=1)
   except (ValueError, OSError, NotImplementedError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(
     f"wrote {stats['out']}: {stats['frames']} frames {stats['width']}x{stats['height']} @ "
     f"{stats['fps']:g} fps, {stats['frames_without_face']} frames without a detected face "
-    f"({stats['passthrough_frames']} passed through), {stats['frames_per_s']:.1f} frames/s"
+    f"({stats['carried_frames']} carried, {stats['passthrough_frames']} passed through), "
+    f"{stats['scene_cuts']} scene cuts, {stats['frames_per_s']:.1f} frames/s; XLA programs: "
+    f"{stats['xla_programs'] - stats['xla_cache_hits']} compiled, {stats['xla_cache_hits']} from the compile "
+    f"cache"
   )
   return 0
 

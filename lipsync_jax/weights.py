@@ -143,8 +143,8 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as err:
     raise CheckpointError(
-      f"{path}: reading PyTorch checkpoints needs torch (pip install torch==2.13.0 "
-      f"--index-url https://download.pytorch.org/whl/cpu)"
+      f"{path}: reading PyTorch checkpoints (.pth) needs torch, an optional extra: "
+      f"pip install -e '.[torch]' (or pip install torch==2.13.0; the CPU build is enough)"
     ) from err
   if not fs.isfile(path):
     raise CheckpointError(f"{path}: no such checkpoint file")

@@ -68,6 +68,17 @@ def test_reflect_padding_differs_from_constant_at_the_edges():
   np.testing.assert_allclose(mel, reference_mel(wav, pad_mode="reflect"), atol=1e-4)
 
 
+def test_numpy_filterbank_and_stft_equal_librosa():
+  """The mel is written in NumPy (librosa's import is ~1 s of a short inference run); its filterbank and
+  STFT equal librosa's (float64)."""
+  hp = audio.AUDIO_HPARAMS
+  want = librosa.filters.mel(sr=SR, n_fft=800, n_mels=80, fmin=55, fmax=7600, dtype=np.float64)
+  np.testing.assert_allclose(audio.mel_basis(), want, rtol=1e-12, atol=1e-15)
+  signal = _speechy(0.7).astype(np.float64)
+  spec = librosa.stft(signal, n_fft=800, hop_length=200, win_length=800, window="hann", pad_mode="reflect")
+  np.testing.assert_allclose(audio.stft_magnitude(signal, hp), np.abs(spec), rtol=1e-10, atol=1e-10)
+
+
 def test_hparams_exported():
   hp = audio.AUDIO_HPARAMS.as_dict()
   assert hp["sample_rate"] == 16000 and hp["n_fft"] == 800 and hp["hop_size"] == 200

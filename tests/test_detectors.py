@@ -15,10 +15,22 @@ def test_registry_fixed_and_s3fd():
   assert fd.get_detector("fixed", box=(90, 0, 120, 10)).detect([frame]) == [None]  # outside the frame
   with pytest.raises(ValueError, match="x1, y1, x2, y2"):
     fd.get_detector("fixed", box=(1, 2, 3))
-  with pytest.raises(NotImplementedError, match="s3fd"):
+  with pytest.raises(ValueError, match="needs its weights: pass --detector_weights"):
     fd.get_detector("s3fd")
+  with pytest.raises(ValueError, match="takes no weights file"):
+    fd.get_detector("haar", weights="x.pth")
   with pytest.raises(ValueError, match="unknown face detector"):
-    fd.get_detector("mtcnn")
+    fd.get_detector("nope")
+
+
+def test_faces_array_clips_sorts_and_drops_empty_boxes():
+  rows = fd.faces_array(
+    [(-5.2, 3.7, 20.1, 30.0), (50, 50, 50, 60), (10, 10, 200, 90)], [0.5, 0.9, 0.8], width=100, height=80
+  )
+  assert rows.dtype == np.float32 and rows.shape == (2, 5)
+  np.testing.assert_array_equal(rows[:, :4], [(10, 10, 100, 80), (0, 3, 21, 30)])  # best first; clipped
+  np.testing.assert_allclose(rows[:, 4], [0.8, 0.5])
+  assert fd.best_box(rows) == (10, 10, 100, 80) and fd.best_box(rows[:0]) is None
 
 
 def test_haar_finds_a_rendered_face_and_not_a_blank_frame():

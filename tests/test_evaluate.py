@@ -320,11 +320,8 @@ class _FixedDetector:
   def __init__(self, box):
     self.box = box
 
-  def detect_one(self, frame):
-    return self.box
-
-  def detect(self, frames):
-    return [self.box for _ in frames]
+  def detect_faces(self, frames):
+    return [np.array([[*self.box, 1.0]], np.float32) for _ in frames]
 
 
 def test_lse_face_crop_uses_the_raw_tracked_box_and_the_fps_rule(tmp_path):
@@ -338,10 +335,16 @@ def test_lse_face_crop_uses_the_raw_tracked_box_and_the_fps_rule(tmp_path):
   clip = os.path.join(tmp_path, "clip30.mp4")
   _write_clip(clip, frames, wav, fps=30)
   raw_box = (50, 30, 110, 100)
-  got, _ = lse.load_lse_inputs(clip, face_crop=True, detector=_FixedDetector(raw_box))
+  got, _ = lse.load_lse_inputs(clip, face_crop=True, detector=_FixedDetector(raw_box), protocol="direct")
   resampled = list(video.iter_frames(clip, fps=25.0))
   assert len(got) == len(resampled) == 30
-  np.testing.assert_array_equal(got, np.stack([lse.syncnet_face_crop(f, raw_box) for f in resampled]))
+  crops = np.stack([lse.syncnet_face_crop(f, raw_box) for f in resampled])
+  np.testing.assert_array_equal(got, crops)
+  # The default (reference) protocol: the same crops through the CLI's JPEG round trip, in order.
+  reference, _ = lse.load_lse_inputs(clip, face_crop=True, detector=_FixedDetector(raw_box))
+  jpeg = lse.CliJpegRoundTrip()
+  np.testing.assert_array_equal(reference, np.stack([jpeg.bgr(c) for c in crops]))
+  assert 0 < np.abs(reference.astype(int) - crops).mean() < 8
   padded, _ = faces.tracked_boxes([raw_box] * 3, 160, 120)  # what the default (inference) pads would give
   assert tuple(padded[0]) != raw_box
   whole, _ = lse.load_lse_inputs(clip)

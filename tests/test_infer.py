@@ -10,15 +10,24 @@ import jax
 import numpy as np
 import pytest
 
-from lipsync_jax import infer, weights
+from lipsync_jax import compile_cache, infer, weights
 from lipsync_jax.inference.frames import InferenceError
 from lipsync_jax.inference.lipsync import Generator, lipsync, mel_chunk_starts
-from lipsync_jax.inference.runner import BatchRunner
-from lipsync_jax.media import detectors, video
+from lipsync_jax.inference.runner import BatchRunner, bucket_sizes
+from lipsync_jax.media import face_detector, video
 
 WIDTH = 1 / 16  # tiny generator
 H, W = 120, 160
 FACE_BOX = (50, 20, 110, 100)  # x1, y1, x2, y2 of the drawn face
+
+
+@pytest.fixture(autouse=True)
+def _compile_cache_in_tmp(tmp_path, monkeypatch):
+  """The CLI turns on jax's persistent compilation cache: keep it out of the user's cache dir, and off
+  again after each test."""
+  monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "jax_compile"))
+  yield
+  compile_cache.disable()
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +39,12 @@ def tiny_generator():
   return variables, {"kind": "wav2lip", "width_multiplier": WIDTH, "img_size": 96}
 
 
-class ScriptedDetector(detectors.FaceDetector):
+class ScriptedDetector(face_detector.FaceDetector):
   """The drawn face's box, except on frames whose mean brightness marks them as 'no face' (dark frames)."""
 
-  def detect_one(self, frame):
-    return None if frame.mean() < 40 else FACE_BOX
+  def faces_one(self, frame):
+    box = [] if frame.mean() < 40 else [FACE_BOX]
+    return face_detector.faces_array(box, [1.0] * len(box), frame.shape[1], frame.shape[0])
 
 
 def _face_frames(num, dark=()):
@@ -114,24 +124,64 @@ def test_batch_runner_pads_to_one_shape_and_maps_rows():
     runner.run(x[:5], y[:5])
 
 
-def test_generator_fixed_batch_never_recompiles(tiny_generator):
+def test_bucket_sizes_bound_padding_and_shapes():
+  assert bucket_sizes(128) == (1, 2, 4, 8, 16, 32, 48, 64, 80, 96, 112, 128)
+  assert bucket_sizes(1) == (1,) and bucket_sizes(5) == (1, 2, 3, 4, 5)
+  assert bucket_sizes(100) == (1, 2, 4, 8, 12, 24, 36, 48, 60, 72, 84, 96, 100)
+  for batch in (1, 3, 16, 100, 128, 512):
+    sizes = bucket_sizes(batch)
+    step = max(1, batch // 8)
+    assert sizes[-1] == batch and len(sizes) <= 8 + step.bit_length() + 1
+    runner = BatchRunner(lambda v, x: x, {}, batch, buckets=sizes)
+    for rows in range(1, batch + 1):
+      size = runner.bucket(rows)
+      assert size in sizes and rows <= size < rows + step and (size < 2 * rows or rows < 2), (batch, rows)
+  with pytest.raises(ValueError, match="batch_size"):
+    bucket_sizes(0)
+
+
+def test_batch_runner_buckets_pad_to_the_smallest_shape():
+  shapes = []
+
+  def fn(variables, x):
+    shapes.append(x.shape[0])  # runs only while tracing
+    return x * variables["w"]
+
+  runner = BatchRunner(fn, {"w": np.float32(3.0)}, batch_size=8, buckets=(2, 4))
+  assert runner.buckets == (2, 4, 8)
+  assert runner.plan(19) == [8, 8, 4] and runner.plan(16) == [8, 8] and runner.plan(1) == [2]
+  x = np.arange(19, dtype=np.float32)
+  np.testing.assert_array_equal(runner.map(19, lambda rows: (x[rows.start : rows.stop],)), x * 3)
+  assert shapes == [8, 4] and runner.trace_count == 2
+  for k, want in ((1, 2), (2, 2), (3, 4), (5, 8)):
+    assert runner.bucket(k) == want
+    np.testing.assert_array_equal(runner.run(x[:k]), x[:k] * 3)
+  assert sorted(set(shapes)) == [2, 4, 8] and runner.trace_count == 3
+  with pytest.raises(ValueError, match="buckets must lie"):
+    BatchRunner(fn, {}, batch_size=4, buckets=(8,))
+  with pytest.raises(ValueError, match="batch of 0 rows"):
+    runner.run(x[:0])
+
+
+def test_generator_buckets_give_the_same_outputs(tiny_generator):
+  """Bucketing changes only how many padding rows a batch carries: every real row's output is the same as
+  in one fixed full batch (the former behaviour), within float rounding (uint8 +-1)."""
   variables, meta = tiny_generator
-  runner = Generator(variables, meta, batch_size=4)
   rng = np.random.default_rng(0)
-  outs = []
-  for k in (4, 4, 1, 3):
-    out = runner(
-      rng.normal(size=(k, 80, 16)).astype(np.float32), rng.integers(0, 255, (k, 96, 96, 3), dtype=np.uint8)
-    )
+  mels = rng.normal(size=(8, 80, 16)).astype(np.float32)
+  crops = rng.integers(0, 255, (8, 96, 96, 3), dtype=np.uint8)
+  fixed = Generator(variables, meta, batch_size=8, buckets=(8,))
+  bucketed = Generator(variables, meta, batch_size=8)
+  assert bucketed.runner.buckets == bucket_sizes(8) == (1, 2, 3, 4, 5, 6, 7, 8)
+  assert bucketed.compile(11) == [3, 8]  # an 11-row run: one full batch, then 3 rows
+  full = fixed(mels, crops).astype(int)
+  for k in (3, 8):
+    out = bucketed(mels[:k], crops[:k])
     assert out.shape == (k, 96, 96, 3) and out.dtype == np.uint8
-    outs.append(out)
-  assert runner.trace_count == 1
-  # Padding does not change results: the single item of a padded batch equals its value in a full batch.
-  mels = rng.normal(size=(4, 80, 16)).astype(np.float32)
-  crops = rng.integers(0, 255, (4, 96, 96, 3), dtype=np.uint8)
-  full = runner(mels, crops)
-  np.testing.assert_array_equal(runner(mels[:1], crops[:1])[0], full[0])
-  assert runner.trace_count == 1
+    assert np.abs(out.astype(int) - full[:k]).max() <= 1, k
+  assert fixed.trace_count == 1 and bucketed.trace_count == 2
+  padded = fixed(mels[:3], crops[:3]).astype(int)  # the former way: 3 rows padded to 8
+  assert np.abs(padded - full[:3]).max() <= 1 and fixed.trace_count == 1
 
 
 def test_lipsync_video_loops_and_counts_missing_faces(tmp_path, tiny_generator):
@@ -145,8 +195,12 @@ def test_lipsync_video_loops_and_counts_missing_faces(tmp_path, tiny_generator):
   )
   want_frames = len(mel_chunk_starts(81, 25))
   assert stats["frames"] == want_frames == 22
-  assert stats["compiles"] == 1 and stats["batches"] == 3
-  assert stats["frames_without_face"] == 1 and stats["passthrough_frames"] == 0
+  # The black frame 5 is a shot of its own (a scene cut into it and out of it) with no face: it passes
+  # through unchanged even with no_face='carry' (a box is never carried across a cut). Output frames 5 and
+  # 17 show it, so the generator runs 7, 8 and 5 rows (bucketed; 8 and 6 compiled ahead from the length).
+  assert stats["batches"] == 3 and stats["compiles"] <= 4
+  assert stats["frames_without_face"] == 1 and stats["passthrough_frames"] == 1
+  assert stats["scene_cuts"] == 2 and stats["carried_frames"] == 0
   assert stats["source_frames"] == 12
   info = video.probe(out)
   assert info.num_frames == want_frames and (info.width, info.height) == (W, H)
@@ -289,14 +343,13 @@ def test_generator_bfloat16_close_to_float32(tiny_generator):
   assert np.abs(f32 - bf16).mean() < 3
 
 
-class BrightBoxDetector(detectors.FaceDetector):
+class BrightBoxDetector(face_detector.FaceDetector):
   """The bounding box of the bright pixels (the drawn 'face'), None on frames without any."""
 
-  def detect_one(self, frame):
+  def faces_one(self, frame):
     ys, xs = np.nonzero(frame.mean(axis=-1) > 200)
-    if len(xs) < 20:
-      return None
-    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    box = [] if len(xs) < 20 else [(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)]
+    return face_detector.faces_array(box, [1.0] * len(box), frame.shape[1], frame.shape[0])
 
 
 class RecordingGenerator:
@@ -306,6 +359,9 @@ class RecordingGenerator:
 
   def __init__(self):
     self.crops = []
+
+  def compile(self, num_rows):
+    return []
 
   def __call__(self, mels, crops):
     self.crops.extend(np.asarray(crops))
@@ -323,20 +379,27 @@ def test_inference_crops_equal_preprocessing_crops(tmp_path):
   frames = []
   for i in range(num):
     f = np.full((H, W, 3), 60, np.uint8)
-    if i not in (9, 23):  # two frames without a face: the nearest-box fill is part of the track
-      x, y = 50 + int(rng.integers(-4, 5)), 20 + int(rng.integers(-4, 5))  # jitter: smoothing matters
-      f[y : y + 70, x : x + 56] = 235
-      f[y + 45 : y + 52, x + 14 : x + 42] = 40
+    x, y = 50 + int(rng.integers(-4, 5)), 20 + int(rng.integers(-4, 5))  # jitter: smoothing matters
+    f[y : y + 70, x : x + 56] = 235
+    f[y + 45 : y + 52, x + 14 : x + 42] = 40
+    if i in (9, 23):  # two frames whose face the detector misses: the nearest-box fill is part of the track
+      f[:16, :16] = 160  # (the mark it misses them by; the same shot, no scene cut)
     frames.append(f)
   t = np.arange(num * 640) / 16000
   clip = os.path.join(tmp_path, "clip.mp4")
   _write_video(clip, frames, wav=(0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32))
   speech = _write_wav(os.path.join(tmp_path, "speech.wav"), num / 25 + 0.5)  # every video frame is used
 
-  record, _ = clips.process_clip(
-    clips.ClipTask("train", "c", clip), clips.PreprocessConfig(), BrightBoxDetector()
+  class MissesMarkedFrames(BrightBoxDetector):
+    def faces_one(self, frame):
+      faces = super().faces_one(frame)
+      return faces[:0] if frame[:16, :16].mean() > 110 else faces
+
+  record, stats = clips.process_clip(
+    clips.ClipTask("train", "c", clip), clips.PreprocessConfig(), MissesMarkedFrames()
   )
   assert record.frames.shape == (num, 96, 96, 3)
+  assert stats["no_face_frames"] == 2 and stats["scene_cuts"] == 0
 
   def inference_crops(**options):
     recorder = RecordingGenerator()
@@ -345,7 +408,7 @@ def test_inference_crops_equal_preprocessing_crops(tmp_path):
       speech,
       None,
       os.path.join(tmp_path, "out.mp4"),
-      detector=BrightBoxDetector(),
+      detector=MissesMarkedFrames(),
       generator=recorder,
       progress=False,
       **options,
@@ -357,3 +420,59 @@ def test_inference_crops_equal_preprocessing_crops(tmp_path):
   # The comparison is sensitive to the track: other pads or no smoothing give other crops.
   assert not np.array_equal(inference_crops(nosmooth=True), record.frames)
   assert not np.array_equal(inference_crops(pads=(0, 0, 0, 0)), record.frames)
+
+
+def test_lipsync_bucketed_equals_one_fixed_shape(tmp_path, tiny_generator):
+  """End to end, the bucketed generator (a 22-frame clip at batch 16: batches of 16 and 6 rows) writes the
+  same video as the former single padded shape."""
+  variables, meta = tiny_generator
+  face = os.path.join(tmp_path, "face.mp4")
+  _write_video(face, _face_frames(12))
+  audio = _write_wav(os.path.join(tmp_path, "a.wav"), 1.0)
+  outs, stats = [], []
+  for name, generator in (
+    ("fixed", Generator(variables, meta, 16, buckets=(16,))),
+    ("bucketed", Generator(variables, meta, 16)),
+  ):
+    out = os.path.join(tmp_path, f"{name}.mp4")
+    stats.append(lipsync(face, audio, None, out, box=(20, 100, 50, 110), generator=generator, progress=False))
+    outs.append(video.read_frames(out)[0].astype(int))
+  assert stats[0]["frames"] == stats[1]["frames"] == 22
+  assert stats[0]["compiles"] == 1 and stats[1]["compiles"] == 2
+  assert outs[0].shape == outs[1].shape
+  assert np.abs(outs[0] - outs[1]).mean() < 0.05 and np.abs(outs[0] - outs[1]).max() <= 8
+
+
+def test_cli_second_run_compiles_nothing(tmp_path, tiny_generator):
+  """Two CLI processes on one cache directory: the first compiles its XLA programs (the generator's batch
+  shapes), the second loads every one of them from the persistent cache."""
+  import json
+  import subprocess
+  import sys
+
+  var_dir = weights.save_variables(os.path.join(tmp_path, "vars"), tiny_generator[0], "wav2lip")
+  face = os.path.join(tmp_path, "face.mp4")
+  _write_video(face, _face_frames(10))
+  audio = _write_wav(os.path.join(tmp_path, "a.wav"), 1.0)
+  # Every program is cached however fast it compiled (the tiny generator may take < MIN_COMPILE_TIME_S).
+  env = dict(os.environ, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu")
+  env[compile_cache.ENV] = os.path.join(tmp_path, "cache")
+  runs = []
+  for i in range(2):
+    out, stats = os.path.join(tmp_path, f"o{i}.mp4"), os.path.join(tmp_path, f"s{i}.json")
+    cmd = [sys.executable, "-m", "lipsync_jax.infer", "--face", face, "--audio", audio]
+    cmd += ["--checkpoint", var_dir, "--out", out, "--box", "20", "100", "50", "110", "--batch_size", "8"]
+    cmd += ["--no_progress", "--stats_json", stats]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    with open(stats) as f:
+      runs.append(json.load(f))
+  first, second = runs
+  assert first["compile_cache_dir"] == env[compile_cache.ENV]
+  assert first["xla_programs"] >= 2 and first["xla_cache_hits"] == 0  # batch shapes 8 and 6
+  assert first["frames"] == 22 and first["compiles"] == 2
+  assert second["xla_programs"] == first["xla_programs"]
+  assert second["xla_cache_hits"] == second["xla_programs"]
+  assert "0 compiled" in proc.stdout and f"{second['xla_programs']} from the compile cache" in proc.stdout
+  first_frames = video.read_frames(os.path.join(tmp_path, "o0.mp4"))[0]
+  np.testing.assert_array_equal(video.read_frames(out)[0], first_frames)

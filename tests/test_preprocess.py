@@ -20,7 +20,7 @@ import pytest
 
 from data_pipelines import preprocess
 from lipsync_jax.data import clips, demo, records
-from lipsync_jax.media import detectors, video
+from lipsync_jax.media import detectors, face_detector, video
 
 BOX = (40, 20, 120, 100)  # x1, y1, x2, y2 in the 160x120 source frames
 PADDED_BOX = (40, 20, 120, 110)  # default pads (0, 10, 0, 0)
@@ -150,9 +150,10 @@ def test_process_clip_streaming_detect_every_and_no_face(corpus):
   assert (stats["frames_searched"], stats2["frames_searched"]) == (30, 9)  # 0, 4, ..., 28 and the last
   assert stats["resampled"] and stats["source_fps"] == pytest.approx(30.0)
 
-  class NoFaceAfterFrame10(detectors.FaceDetector):
-    def detect(self, frames):
-      return [BOX] * 10 + [None] * (len(frames) - 10)
+  class NoFaceAfterFrame10(face_detector.FaceDetector):
+    def detect_faces(self, frames):
+      face = face_detector.faces_array([BOX], [1.0], 10**4, 10**4)
+      return [face] * 10 + [face[:0]] * (len(frames) - 10)
 
   config = clips.PreprocessConfig(max_no_face_fraction=0.5, **_fixed_config())
   with pytest.raises(clips.SkipClip, match="no face in 20 of 30") as skip:
@@ -160,6 +161,10 @@ def test_process_clip_streaming_detect_every_and_no_face(corpus):
   assert skip.value.reason == "no_face"
   record, report = clips.process_to_record(task, config, NoFaceAfterFrame10())
   assert record is None and report["reason"] == "no_face"
+  # Allowed more faceless frames, the clip is one shot: the track carries the last face through them.
+  config = clips.PreprocessConfig(max_no_face_fraction=1.0, **_fixed_config())
+  record, report = clips.process_to_record(task, config, NoFaceAfterFrame10())
+  assert record is not None and report["no_face_frames"] == 20 and report["scene_cuts"] == 0
 
 
 def test_filelist_splits_rerun_and_settings_guard(corpus, tmp_path):
@@ -210,8 +215,8 @@ def test_filelist_splits_rerun_and_settings_guard(corpus, tmp_path):
   assert list(fourth["splits"]) == ["val"] and _read_split(out, "val")[1]["spk3/c"].img_size == 48
 
 
-def test_default_runner_haar_on_synthetic_corpus_equals_demo_builder(tmp_path):
-  """Default DirectRunner mode (multi_processing) with the default Haar detector on the demo faces; the
+def test_default_runner_and_detector_on_synthetic_corpus_equals_demo_builder(tmp_path):
+  """Default DirectRunner mode (multi_processing) with the default detector on the demo faces; the
   Beam-free demo builder (a process pool over the same per-clip function) writes the same records."""
   synthetic = pytest.importorskip("lipsync_jax.data.synthetic")
   corpus = str(tmp_path / "demo")
@@ -219,7 +224,7 @@ def test_default_runner_haar_on_synthetic_corpus_equals_demo_builder(tmp_path):
   out = str(tmp_path / "shards")
   info = preprocess.run(out, data_root=corpus, direct_num_workers=2, progress=False)
   assert info["num_skipped"] == 0, info["skipped"]
-  assert info["preprocess"]["detector"] == "haar" and info["last_run"]["direct_num_workers"] == 2
+  assert info["preprocess"]["detector"] == detectors.DEFAULT and info["last_run"]["direct_num_workers"] == 2
   assert info["last_run"]["counters"] == {"clips_written": 3, "frames_written": 75}  # from worker processes
   found = {}
   for split in info["splits"]:
@@ -268,7 +273,7 @@ OLD_FLAGS = {  # the CLI's flags and defaults before the options were generated 
   "--split": None,
   "--out": None,
   "--img_size": 96,
-  "--detector": "haar",
+  "--detector": detectors.DEFAULT,
   "--fixed_box": None,
   "--pads": [0, 10, 0, 0],
   "--smooth_window": 5,
@@ -292,8 +297,9 @@ def test_cli_flags_are_generated_from_the_dataclasses():
   actions = {a.option_strings[0]: a for a in preprocess._parser()._actions if a.option_strings}
   for flag, default in OLD_FLAGS.items():
     assert actions[flag].default == default, flag
-  assert set(actions) - set(OLD_FLAGS) == {"-h", "--verbosity", "--max_decoded_mib"}
-  assert actions["--detector"].choices == ["fixed", "haar", "s3fd"]
+  assert set(actions) - set(OLD_FLAGS) == {"-h", "--verbosity", "--max_decoded_mib", "--detector_weights"}
+  assert actions["--detector"].choices == sorted(detectors.DETECTORS)
+  assert actions["--detector"].default == detectors.DEFAULT
   assert actions["--pads"].nargs == 4 and actions["--smooth_window"].help.startswith("boxes averaged")
   args, _ = preprocess._parser().parse_known_args(["--out", "x", "--pads", "1", "2", "3", "4", "--overwrite"])
   config = clips.PreprocessConfig(**clips.flag_values(clips.PreprocessConfig, args))

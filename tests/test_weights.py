@@ -142,3 +142,12 @@ def test_fs_local_paths(tmp_path):
   assert fs.absolute("rel/x") == os.path.abspath("rel/x") and fs.absolute("gs://b/x") == "gs://b/x"
   with fs.local_copy(tmp_path / "a" / "b" / "x.txt") as local:
     assert open(local).read() == "hi"
+
+
+def test_reading_pth_without_torch_names_the_optional_extra(tmp_path, monkeypatch):
+  """torch is an optional extra (`pip install -e .[torch]`): without it, a .pth gets that instruction."""
+  path = tmp_path / "wav2lip.pth"
+  torch.save({"x": torch.zeros(1)}, path)
+  monkeypatch.setitem(__import__("sys").modules, "torch", None)  # `import torch` now raises ImportError
+  with pytest.raises(CheckpointError, match=r"needs torch, an optional extra: pip install -e '\.\[torch\]'"):
+    weights.read_torch_state_dict(path)

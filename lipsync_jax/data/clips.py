@@ -9,17 +9,23 @@ data_root/{train,val,test}.txt; `dedupe`), and the pure per-clip function (`proc
 
   probe -> 16 kHz mono audio -> mel (lipsync_jax.media.audio, exact original hparams) -> frames at 25 fps
   (lipsync_jax.media.video.iter_frames(fps=25.0): THE fps rule of lipsync_jax.media.fps, by presentation
-  timestamp) -> a face box per frame (lipsync_jax.media.detectors) -> THE face track
-  (lipsync_jax.media.track.track_boxes: nearest-box fill, pads, 5-frame smoothing) -> crop, resize to
+  timestamp) -> every face per frame (lipsync_jax.media.detectors) -> THE face track
+  (lipsync_jax.media.track.track_boxes: scene cuts, the face that continues the track, then within each
+  shot nearest-box fill, pads, 5-frame smoothing) -> crop, resize to
   img_size (track.crop_and_resize) -> JPEG (or raw) -> one tf.train.Example (lipsync_jax.data.records).
 
 Frame rate: the original requires 25 fps. With fps_policy='resample' (default) other rates are converted by
 timestamps (lipsync_jax.media.fps); fps_policy='reject' skips such clips.
 
+Damaged media is kept: corrupt packets are skipped as ffmpeg skips them, audio keeps its timing (lost spans
+become silence), truncated files give what is there (lipsync_jax.media.video); the per-clip stats count
+them (`damaged_packets`, and `damage`: per stream what was met) and dataset_info.json totals them.
+
 A clip that cannot be used raises `SkipClip` with one reason of SKIP_REASONS:
-  unreadable (cannot open/decode), no_video, no_audio, fps (reject policy), too_few_frames (< min_frames at
-  25 fps), no_face (more than max_no_face_fraction of the frames searched without a face), audio_nan,
-  audio_silent, audio_too_short, duplicate (listed twice), error (anything unexpected; the message is kept).
+  unreadable (cannot open, or nothing decodable), no_video, no_audio, fps (reject policy), too_few_frames
+  (< min_frames at 25 fps), no_face (more than max_no_face_fraction of the frames searched without a face),
+  audio_nan, audio_silent, audio_too_short, duplicate (listed twice), error (anything unexpected; the
+  message is kept).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import numpy as np
 
 from lipsync_jax import windows
 from lipsync_jax.data import records
-from lipsync_jax.media import audio, detectors, track, video
+from lipsync_jax.media import audio, detectors, face_detector, track, video
 
 KNOWN_SPLITS = ("train", "val", "test", "pretrain")
 LRS2_FILELISTS = ("train", "val", "test")
@@ -117,8 +123,11 @@ class PreprocessConfig:
 
   img_size: int = option(96, "face crop size in pixels (square; even, >= 16)")
   detector: str = option(
-    "haar", "face detector (lipsync_jax.media.detectors)", choices=lambda: sorted(detectors.DETECTORS)
+    detectors.DEFAULT,
+    "face detector (lipsync_jax.media.detectors)",
+    choices=lambda: sorted(detectors.DETECTORS),
   )
+  detector_weights: str = option("", "weights file of a detector that needs one (s3fd: the public s3fd.pth)")
   # ((key, value), ...) so the config stays hashable/picklable; the CLI sets it with --fixed_box.
   detector_kwargs: tuple = option((), "detector arguments", flag=False)
   pads: tuple = option(
@@ -168,8 +177,10 @@ class PreprocessConfig:
     if not 0.0 <= self.max_no_face_fraction <= 1.0:
       raise ValueError(f"max_no_face_fraction must be in [0, 1], got {self.max_no_face_fraction}")
 
-  def make_detector(self) -> detectors.FaceDetector:
-    return detectors.get_detector(self.detector, **dict(self.detector_kwargs))
+  def make_detector(self) -> face_detector.FaceDetector:
+    return detectors.get_detector(
+      self.detector, weights=self.detector_weights or None, **dict(self.detector_kwargs)
+    )
 
   def as_dict(self) -> dict:
     out = dataclasses.asdict(self)
@@ -183,6 +194,10 @@ class ClipTask:
   split: str
   clip_id: str
   path: str
+
+
+# Frames per detector call when frames are streamed (batched detectors such as s3fd run whole batches).
+DETECT_BATCH = 16
 
 
 class SkipClip(Exception):
@@ -314,9 +329,9 @@ def dedupe(tasks: Sequence[ClipTask]) -> tuple[list[ClipTask], list[dict]]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _read_mel(task: ClipTask) -> tuple[np.ndarray, int]:
+def _read_mel(task: ClipTask, report: video.DecodeReport | None = None) -> tuple[np.ndarray, int]:
   try:
-    wav = video.read_audio(task.path, sr=audio.AUDIO_HPARAMS.sample_rate)
+    wav = video.read_audio(task.path, sr=audio.AUDIO_HPARAMS.sample_rate, report=report)
   except video.VideoError as e:
     raise SkipClip("no_audio" if "no audio stream" in str(e) else "unreadable", str(e)) from e
   if not np.all(np.isfinite(wav)):
@@ -333,8 +348,13 @@ def _read_mel(task: ClipTask) -> tuple[np.ndarray, int]:
   return mel, wav.size
 
 
+def _damage_entry(report: video.DecodeReport) -> dict:
+  """A DecodeReport as a JSON-able report entry (the path is the report's 'source' already)."""
+  return {k: v for k, v in report.as_dict().items() if k not in ("path", "stream")}
+
+
 def process_clip(
-  task: ClipTask, config: PreprocessConfig, detector: detectors.FaceDetector | None = None
+  task: ClipTask, config: PreprocessConfig, detector: face_detector.FaceDetector | None = None
 ) -> tuple[records.Clip, dict]:
   """One video -> (records.Clip, stats). Raises SkipClip with a reason for unusable input."""
   detector = detector or config.make_detector()
@@ -354,15 +374,18 @@ def process_clip(
       "fps", f"{info.fps:.3f} fps; the original requires {windows.FPS} (use fps_policy=resample)"
     )
 
-  mel, num_samples = _read_mel(task)  # cheap checks first: no face detection for clips we drop anyway
+  # Damaged packets are skipped (the clip is kept) and counted into these; see lipsync_jax.media.video.
+  audio_damage, video_damage = video.DecodeReport(), video.DecodeReport()
+  mel, num_samples = _read_mel(task, audio_damage)  # cheap checks first: no face detection for clips we drop
 
-  def frames_at_25():
+  def frames_at_25(report: video.DecodeReport):
     try:
-      yield from video.iter_frames(task.path, fps=float(windows.FPS))
+      yield from video.iter_frames(task.path, fps=float(windows.FPS), report=report)
     except video.VideoError as e:
       raise SkipClip("unreadable", str(e)) from e
 
   every = config.detect_every
+  scene_cuts = track.SceneCuts()
 
   def too_few(num_frames: int) -> SkipClip:
     return SkipClip(
@@ -372,29 +395,36 @@ def process_clip(
   decoded_bytes = max(info.num_frames, 1) * info.width * info.height * 3 * max(1.0, windows.FPS / info.fps)
   hold_frames = decoded_bytes <= config.max_decoded_mib * 2**20
   if hold_frames:  # one decode; frames stay in memory between detection and cropping
-    frames = list(frames_at_25())
+    frames = list(frames_at_25(video_damage))
     num_frames = len(frames)
     if num_frames < config.min_frames:
       raise too_few(num_frames)
     chosen = [i for i in range(num_frames) if i % every == 0 or i == num_frames - 1]  # every k-th, the last
-    found = detector.detect([frames[i] for i in chosen])
-  else:  # large frames: detect while streaming, decode again to crop (memory stays one frame)
+    found = detector.detect_faces([frames[i] for i in chosen])
+    cuts = [scene_cuts.update(frame) for frame in frames]
+  else:  # large frames: detect while streaming, decode again to crop (memory stays one batch of frames)
     frames = None
-    chosen, found, last = [], [], None
+    chosen, found, cuts, batch, last = [], [], [], [], None
     num_frames = 0
-    for i, frame in enumerate(frames_at_25()):
+    for i, frame in enumerate(frames_at_25(video_damage)):
       num_frames, last = i + 1, frame
+      cuts.append(scene_cuts.update(frame))
       if i % every == 0:
         chosen.append(i)
-        found.extend(detector.detect([frame]))
+        batch.append(frame)
+        if len(batch) == DETECT_BATCH:
+          found.extend(detector.detect_faces(batch))
+          batch = []
     if num_frames < config.min_frames:
       raise too_few(num_frames)
     if chosen and chosen[-1] != num_frames - 1:
       chosen.append(num_frames - 1)
-      found.extend(detector.detect([last]))
-    del last
+      batch.append(last)
+    if batch:
+      found.extend(detector.detect_faces(batch))
+    del last, batch
 
-  missing = sum(box is None for box in found)
+  missing = sum(len(faces) == 0 for faces in found)
   if missing > config.max_no_face_fraction * len(found) or missing == len(found):
     raise SkipClip(
       "no_face",
@@ -402,15 +432,22 @@ def process_clip(
       f"(max_no_face_fraction={config.max_no_face_fraction})",
     )
   detections: list = [None] * num_frames
-  for i, box in zip(chosen, found):
-    detections[i] = box
-  tracked, _ = track.track_boxes(
-    detections, info.width, info.height, pads=config.pads, smooth_window=config.smooth_window
+  for i, faces in zip(chosen, found):
+    detections[i] = faces
+  tracked, track_stats = track.track_boxes(
+    detections, info.width, info.height, pads=config.pads, smooth_window=config.smooth_window, cuts=cuts
   )
+  faceless = sum(box is None for box in tracked)
+  if faceless:  # never filled across a scene cut: a shot without any face has no crops to train on
+    raise SkipClip(
+      "no_face",
+      f"{faceless} of {num_frames} frames lie in shots without a face "
+      f"({track_stats['scene_cuts']} scene cuts); trim the clip to its shots with faces",
+    )
   boxes = np.array(tracked, np.int64).reshape(-1, 4)
 
   crops = np.empty((num_frames, config.img_size, config.img_size, 3), np.uint8)
-  source = frames if hold_frames else frames_at_25()
+  source = frames if hold_frames else frames_at_25(video.DecodeReport(quiet=True))  # counted once
   count = 0
   for i, frame in enumerate(source):
     if i >= num_frames:
@@ -438,15 +475,21 @@ def process_clip(
     mel_steps=int(mel.shape[1]),
     no_face_frames=int(missing),
     frames_searched=len(found),
+    scene_cuts=track_stats["scene_cuts"],
+    track_switches=track_stats["track_switches"],
     source_fps=float(info.fps),
     resampled=bool(resampled),
     audio_seconds=num_samples / audio.AUDIO_HPARAMS.sample_rate,
+    damaged_packets=audio_damage.damage + video_damage.damage,
   )
+  damage = {r.stream: _damage_entry(r) for r in (audio_damage, video_damage) if r.damage}
+  if damage:
+    stats["damage"] = damage
   return clip, stats
 
 
 def process_to_record(
-  task: ClipTask, config: PreprocessConfig, detector: detectors.FaceDetector | None = None
+  task: ClipTask, config: PreprocessConfig, detector: face_detector.FaceDetector | None = None
 ) -> tuple[bytes | None, dict]:
   """process_clip + serialisation, never raising: (record bytes | None, report dict with 'status')."""
   try:

@@ -7,9 +7,12 @@ fps and audio hparams. Shared by the Beam job (data_pipelines.preprocess) and th
 
 Content: format_version, created_by, img_size, frame_format, fps, audio (hparams), mel_steps_per_second,
 num_mels, jpeg_quality, preprocess (every PreprocessConfig field), splits ({split: num_clips, num_frames,
-num_skipped, num_shards, shards}), num_clips, num_skipped, skipped_by_reason, skipped (split, clip_id,
-source, reason, detail; sorted), carried_over_splits (splits kept from an earlier run into the same
-directory), last_run (runner, timings, counters: clips_written, frames_written, skipped_<reason>).
+num_skipped, num_damaged_clips, damaged_packets, num_shards, shards}), num_clips, num_skipped,
+skipped_by_reason, skipped (split, clip_id, source, reason, detail; sorted), num_damaged_clips and
+damaged_packets (written clips whose media had damage decoding skipped, and the total count of it;
+lipsync_jax.media.video.DecodeReport.damage), damaged (split, clip_id, source, damaged_packets, first_error;
+sorted), carried_over_splits (splits kept from an earlier run into the same directory), last_run (runner,
+timings, counters: clips_written, frames_written, clips_damaged, damaged_packets, skipped_<reason>).
 """
 
 from __future__ import annotations
@@ -88,17 +91,30 @@ def check_compatible(previous: dict | None, config: PreprocessConfig, out_dir: s
 
 
 def counters(reports: Sequence[dict]) -> dict[str, int]:
-  """clips_written, frames_written and skipped_<reason> counts of per-clip reports (duplicates excluded,
-  as in the Beam job's counters)."""
+  """clips_written, frames_written, clips_damaged, damaged_packets and skipped_<reason> counts of per-clip
+  reports (duplicates excluded, as in the Beam job's counters)."""
   out: dict[str, int] = {}
   for r in reports:
     if r["status"] == "written":
       out["clips_written"] = out.get("clips_written", 0) + 1
       out["frames_written"] = out.get("frames_written", 0) + int(r["num_frames"])
+      if r.get("damaged_packets"):
+        out["clips_damaged"] = out.get("clips_damaged", 0) + 1
+        out["damaged_packets"] = out.get("damaged_packets", 0) + int(r["damaged_packets"])
     elif r["reason"] != "duplicate":
       key = f"skipped_{r['reason']}"
       out[key] = out.get(key, 0) + 1
   return dict(sorted(out.items()))
+
+
+def _by_clip(report: dict) -> tuple[str, str]:
+  return report["split"], report["clip_id"]
+
+
+def _first_error(report: dict) -> str | None:
+  """The first decode error of a written clip's report (audio first; None when it names none)."""
+  errors = (d.get("first_error") for d in report.get("damage", {}).values())
+  return next((e for e in errors if e), None)
 
 
 def build(
@@ -121,15 +137,29 @@ def build(
       num_clips=len(written),
       num_frames=int(sum(r["num_frames"] for r in written)),
       num_skipped=sum(r["split"] == split and r["status"] == "skipped" for r in reports),
+      num_damaged_clips=sum(bool(r.get("damaged_packets")) for r in written),
+      damaged_packets=int(sum(r.get("damaged_packets", 0) for r in written)),
       num_shards=count,
       shards=[records.shard_name(split, i, count) for i in range(count)],
     )
-  skipped = sorted((r for r in reports if r["status"] == "skipped"), key=lambda r: (r["split"], r["clip_id"]))
+  skipped = sorted((r for r in reports if r["status"] == "skipped"), key=_by_clip)
+  damaged = [
+    dict(
+      split=r["split"],
+      clip_id=r["clip_id"],
+      source=r.get("source"),
+      damaged_packets=int(r["damaged_packets"]),
+      first_error=_first_error(r),
+    )
+    for r in sorted(reports, key=_by_clip)
+    if r["status"] == "written" and r.get("damaged_packets")
+  ]
   carried = {}
   if previous is not None and not overwrite:  # splits this run did not touch keep their entries
     carried = {s: v for s, v in previous.get("splits", {}).items() if s not in splits}
     splits.update(carried)
     skipped += [r for r in previous.get("skipped", []) if r.get("split") in carried]
+    damaged += [r for r in previous.get("damaged", []) if r.get("split") in carried]
   by_reason: dict[str, int] = {}
   for r in skipped:
     by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
@@ -146,6 +176,9 @@ def build(
     num_skipped=len(skipped),
     skipped_by_reason=dict(sorted(by_reason.items())),
     skipped=[{k: r.get(k) for k in ("split", "clip_id", "source", "reason", "detail")} for r in skipped],
+    num_damaged_clips=sum(s.get("num_damaged_clips", 0) for s in splits.values()),
+    damaged_packets=sum(s.get("damaged_packets", 0) for s in splits.values()),
+    damaged=sorted(damaged, key=_by_clip),
     carried_over_splits=sorted(carried),
     last_run=run_meta,
   )

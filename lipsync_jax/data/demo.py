@@ -27,14 +27,10 @@ import tqdm
 
 from lipsync_jax.data import clips, dataset_info, records, tfrecord
 from lipsync_jax.data.clips import ClipTask, PreprocessConfig
+from lipsync_jax.fs import CACHE_ENV, cache_root
 
-CACHE_ENV = 'LIPSYNC_JAX_CACHE'
 DEFAULT_NUM_CLIPS = 120
 log = logging.getLogger(__name__)
-
-
-def cache_root(cache_dir: str | None = None) -> str:
-  return os.path.expanduser(cache_dir or os.environ.get(CACHE_ENV) or '~/.cache/lipsync_jax')
 
 
 def demo_paths(

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from lipsync_jax.evaluation.faces import EvaluationError, face_boxes
-from lipsync_jax.media import track
+from lipsync_jax.media import detectors, track
 
 
 def mouth_region(frame: np.ndarray, box: Sequence[int]) -> np.ndarray:
@@ -44,7 +44,10 @@ def mouth_psnr_ssim(
 
 
 def recon_videos(
-  generated_path: str, reference_path: str, detector: Any = "haar", box_tblr: Sequence[int] | None = None
+  generated_path: str,
+  reference_path: str,
+  detector: Any = detectors.DEFAULT,
+  box_tblr: Sequence[int] | None = None,
 ) -> dict:
   """mouth_psnr_ssim of two videos, frame by frame (the shorter one's length)."""
   from lipsync_jax.media import video

@@ -26,7 +26,7 @@ from lipsync_jax import windows
 from lipsync_jax.evaluation import offsets
 from lipsync_jax.evaluation.faces import EvaluationError, face_boxes
 from lipsync_jax.inference.runner import BatchRunner
-from lipsync_jax.media import track
+from lipsync_jax.media import detectors, track
 
 
 def sync_from_embeddings(face_emb: np.ndarray, audio_emb: np.ndarray, vshift: int = offsets.VSHIFT) -> dict:
@@ -94,7 +94,7 @@ class ExpertSync:
 def sync_video(
   video_path: str,
   expert_path: str,
-  detector: Any = "haar",
+  detector: Any = detectors.DEFAULT,
   box_tblr: Sequence[int] | None = None,
   batch_size: int = 64,
 ) -> dict:

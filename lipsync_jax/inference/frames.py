@@ -154,7 +154,8 @@ class FaceFrames:
         raise InferenceError(f"--face {path!r} has no video stream")
       self.fps = float(info.fps) if info.fps > 0 else float(fps)
       self._image = None
-    first = self._image if self._image is not None else next(iter(self._decode()), None)
+    self.passes = 0  # decoding passes over the video: only the first warns about damage
+    first = self._image if self._image is not None else next(iter(self._decode(quiet=True)), None)
     if first is None:
       raise InferenceError(f"--face {path!r}: no decodable frame")
     self.height, self.width = first.shape[:2]
@@ -172,8 +173,10 @@ class FaceFrames:
       raise InferenceError(f"--crop {tuple(self.crop)} leaves an empty frame")
     return np.ascontiguousarray(frame)
 
-  def _decode(self) -> Iterator[np.ndarray]:
-    for frame in video.iter_frames(self.path):
+  def _decode(self, quiet: bool = False) -> Iterator[np.ndarray]:
+    report = video.DecodeReport(quiet=quiet or self.passes > 0)
+    self.passes += not quiet
+    for frame in video.iter_frames(self.path, report=report):
       yield self.process(frame)
       if self.static:
         return

@@ -6,25 +6,31 @@ original inference.py's; `python -m lipsync_jax.infer` is its CLI), the mel chun
 
 Pipeline, streamed in chunks so memory stays flat for long videos:
   decode (background thread) -> resize_factor / rotate / crop -> face detection per chunk of 32 frames
-  -> THE face track (lipsync_jax.media.track.FaceTrack: pad + clip, frames without a face get the nearest
-     detected box among the frames detected so far, or are passed through with no_face='passthrough';
-     the original's forward 5-frame smoothing; a frame's box is final once the 5 frames after it are
-     detected, so chunk borders give exactly the whole-video result when gaps are short). A video whose
-     first 250 frames have no face passes those through; no face in the whole video is an error.
+  -> THE face track (lipsync_jax.media.track.FaceTrack: scene cuts, the face that continues the track; within
+     each shot pad + clip, frames without a face get the nearest detected box among the frames detected so
+     far, or are passed through with no_face='passthrough'; the original's forward 5-frame smoothing; a
+     frame's box is final once the 5 frames after it are detected, so chunk borders give exactly the
+     whole-video result when gaps are short). Frames of a shot without any face, and a video's first 250
+     frames when they have none, pass through unchanged; no face in the whole video is an error.
   -> crop, resize to the model's img_size (track.crop_and_resize, as preprocessing) -> [masked | reference]
-  -> the generator with ONE fixed batch shape (the last batch is padded; nothing recompiles) -> resize
-     back, paste -> H.264 encode (background thread) -> AAC mux of the input audio at close.
+  -> the generator in batches of batch_size, the last one padded to the smallest of a few bucketed shapes
+     (lipsync_jax.inference.runner.bucket_sizes: a run compiles at most two shapes, and jax's persistent
+     compilation cache, turned on by the CLI through lipsync_jax.compile_cache, serves them to every later
+     run whatever the clip's length) -> resize back, paste -> H.264 encode (background thread) -> AAC mux
+     of the input audio at close.
 Output frame i uses mel chunk i (start int(i * 80 / fps), 16 steps; the last 16 steps once past the end)
 and video frame i % n (a video shorter than the audio loops; later loops reuse the stored boxes). The output
 has as many frames as mel chunks, at the input's (processed) resolution and fps.
 
-The generator runs with BatchNorm folded into the convolutions (`lipsync_jax.models.fold_batch_norm`: the
-same function, fewer ops) unless fold_bn=False.
+The generator runs with BatchNorm folded into the convolutions (`lipsync_jax.models.fold_batch_norm`, inside
+its jitted program: the same function, fewer ops) unless fold_bn=False.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import functools
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -36,9 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lipsync_jax import windows
+from lipsync_jax.inference import runner as runner_lib
 from lipsync_jax.inference.frames import BackgroundWriter, FaceFrames, InferenceError, StageTimer, background
-from lipsync_jax.inference.runner import BatchRunner
-from lipsync_jax.media import track
+from lipsync_jax.media import detectors, track
 
 DETECT_CHUNK = 32  # frames detected at once; boxes are final 5 frames later (smoothing look-ahead)
 DECODE_PREFETCH = 16  # decoded frames buffered ahead by the decode thread
@@ -60,29 +66,38 @@ def mel_chunk_starts(num_mel_steps: int, fps: float) -> list[int]:
 
 
 class Generator:
-  """Wav2Lip forward on uint8 BGR face crops through one BatchRunner (compiled here, once).
+  """Wav2Lip forward on uint8 BGR face crops through one BatchRunner with bucketed batch shapes.
 
-  `generator(mels (k,80,16), crops (k,S,S,3) uint8) -> (k,S,S,3) uint8`, k <= batch_size (padded inside).
-  `trace_count` counts traces of the jitted function (1 after any number of batches).
+  `generator(mels (k,80,16), crops (k,S,S,3) uint8) -> (k,S,S,3) uint8`, k <= batch_size, run in the
+  smallest bucket (`runner.bucket_sizes(batch_size)`, or `buckets`) that holds k rows. `compile(num_rows)`
+  compiles ahead the shapes a run over num_rows rows uses (at most two: the full batch and the last batch's
+  bucket); `trace_count` counts traces of the jitted function (one per batch shape used).
   """
 
-  def __init__(self, variables, meta: dict, batch_size: int, compute_dtype=jnp.float32, fold_bn: bool = True):
+  def __init__(
+    self,
+    variables,
+    meta: dict,
+    batch_size: int,
+    compute_dtype=jnp.float32,
+    fold_bn: bool = True,
+    buckets: Sequence[int] | None = None,
+  ):
     from lipsync_jax import models
 
     self.img_size = int(meta.get("img_size", 96))
     self.bn_folded = bool(fold_bn)
-    if self.bn_folded:
-      variables = models.fold_batch_norm("wav2lip", variables)
+    # BN is folded inside the jitted program: element-wise ops on the weights, no measurable cost per batch
+    # and bit-identical outputs, while folding beforehand costs ~50 eager ops (~1.4 s of small compiles on
+    # 2 CPU cores) or a program of its own (~0.7 s to trace, compile and run, and another cache entry).
+    self._fold = functools.partial(models.fold_batch_norm, "wav2lip") if self.bn_folded else None
     self.model = models.Wav2Lip(
       width_multiplier=float(meta.get("width_multiplier", 1.0)),
       compute_dtype=compute_dtype,
       fold_bn=self.bn_folded,
     )
-    self.runner = BatchRunner(self._apply, variables, batch_size)
-    self.runner.compile(
-      jax.ShapeDtypeStruct((windows.NUM_MELS, windows.MEL_STEPS), np.float32),
-      jax.ShapeDtypeStruct((self.img_size, self.img_size, 3), np.uint8),
-    )
+    buckets = runner_lib.bucket_sizes(batch_size) if buckets is None else buckets
+    self.runner = runner_lib.BatchRunner(self._apply, variables, batch_size, buckets=buckets)
 
   @property
   def batch_size(self) -> int:
@@ -92,7 +107,20 @@ class Generator:
   def trace_count(self) -> int:
     return self.runner.trace_count
 
+  def compile(self, num_rows: int) -> list[int]:
+    """Compiles the batch shapes a run over num_rows rows uses; returns them (distinct, ascending)."""
+    shapes = sorted(set(self.runner.plan(num_rows)))
+    for rows in shapes:
+      self.runner.compile(
+        jax.ShapeDtypeStruct((windows.NUM_MELS, windows.MEL_STEPS), np.float32),
+        jax.ShapeDtypeStruct((self.img_size, self.img_size, 3), np.uint8),
+        rows=rows,
+      )
+    return shapes
+
   def _apply(self, variables, mels: jax.Array, crops: jax.Array) -> jax.Array:
+    if self._fold is not None:
+      variables = self._fold(variables)
     faces = crops.astype(jnp.float32) / 255.0
     inputs = jnp.concatenate([windows.mask_lower_half(faces), faces], axis=-1)
     out = self.model.apply(variables, mels[..., None], inputs, train=False)
@@ -125,8 +153,8 @@ def _first_pass(
 
   def detect(batch):
     with timer("detect"):
-      raw = detector.detect(batch)
-    face_track.add(raw)
+      raw = detector.detect_faces(batch)
+    face_track.add(raw, frames=batch)
     pending.extend(batch)
     return face_track.finalize(end=False)
 
@@ -161,7 +189,7 @@ def lipsync(
   static: bool = False,
   fps: float = 25.0,
   batch_size: int = 128,
-  detector: Any = "haar",
+  detector: Any = detectors.DEFAULT,
   no_face: str = "carry",
   progress: bool = True,
   compute_dtype=jnp.float32,
@@ -177,8 +205,7 @@ def lipsync(
   """
   from tqdm import tqdm
 
-  from lipsync_jax.media import audio as audio_lib
-  from lipsync_jax.media import detectors, video
+  from lipsync_jax.media import video
 
   meta = dict(meta or {})
   timer = StageTimer()
@@ -190,12 +217,27 @@ def lipsync(
   source = FaceFrames(face, static=static, fps=fps, resize_factor=resize_factor, rotate=rotate, crop=crop)
   with timer("audio"):
     wav = video.read_audio(audio, sr=16000)
-    mel = audio_lib.melspectrogram(wav)
+
+  def melspectrogram() -> np.ndarray:
+    with timer("mel"):
+      from lipsync_jax.media import audio as audio_lib
+
+      return audio_lib.melspectrogram(wav, source=os.fspath(audio))
+
+  # The mel (its imports, scipy.signal and librosa's lazy parts, are ~1.5 s in a fresh process) runs in a
+  # thread while the generator compiles (XLA's compile does not hold the GIL). The shapes compiled ahead
+  # come from the mel's length as the sample count gives it; the frames themselves from the mel's own.
+  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mel") as pool:
+    mel_future = pool.submit(melspectrogram)
+    with timer("compile"):
+      expected_steps = 1 + len(wav) * windows.MEL_STEPS_PER_SECOND // 16000  # center=True framing
+      num_out = len(mel_chunk_starts(expected_steps, source.fps))  # too short: an error before compiling
+      if generator is None:
+        generator = Generator(variables, meta, int(batch_size), compute_dtype, fold_bn)
+      generator.compile(num_out)
+    mel = mel_future.result()
   starts = mel_chunk_starts(mel.shape[1], source.fps)
   num_out = len(starts)
-  if generator is None:
-    with timer("compile"):
-      generator = Generator(variables, meta, min(int(batch_size), num_out), compute_dtype, fold_bn)
   img_size = generator.img_size
   fixed = None
   if box is not None and box[0] != -1:
@@ -279,8 +321,8 @@ def lipsync(
     "batch_size": generator.batch_size,
     "compiles": generator.trace_count,
     "bn_folded": generator.bn_folded,
-    "frames_without_face": face_track.frames_without_face if face_track else 0,
-    "passthrough_frames": face_track.passthrough_frames if face_track else 0,
+    # With a fixed box nothing is detected: an untouched track's counts (all zero).
+    **(face_track or track.FaceTrack(source.width, source.height)).stats(),
     "timings_s": dict(timer.seconds),
     "wall_s": wall,
     "frames_per_s": num_out / wall,

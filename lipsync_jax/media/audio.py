@@ -1,15 +1,20 @@
 """Audio loading and the Wav2Lip mel spectrogram, exactly as the original computes it.
 
-Owns: the audio hyper-parameters (`AUDIO_HPARAMS`), `load_wav` (any audio file -> 16 kHz mono float32) and
+Owns: the audio hyper-parameters (`AUDIO_HPARAMS`), `load_wav` (any audio file -> 16 kHz mono float32:
+PCM/FLAC exact through libsndfile, compressed audio through PyAV, which tolerates damage) and
 `melspectrogram` (16 kHz wav -> (80, T) float32, 80 mel steps per second), plus `AudioError`.
 
 The mel follows the original pipeline (spec section 5):
-  pre-emphasis y[n] = x[n] - 0.97 x[n-1] (scipy.signal.lfilter)
+  pre-emphasis y[n] = x[n] - 0.97 x[n-1] (what scipy.signal.lfilter computed in the original)
   -> |STFT| (n_fft 800, hop 200, Hann window 800, center=True, **reflect** padding, as librosa 0.7 did)
   -> Slaney mel filterbank (80 bands, 55..7600 Hz)
   -> dB = 20 log10(max(1e-5, mel)) - 20
   -> clip(8 (dB + 100) / 100 - 4, -4, 4).
 The computation runs in float64 (as the original did: lfilter promotes to float64) and returns float32.
+It is written in NumPy (framing + np.fft.rfft, the Slaney filterbank) instead of calling scipy.signal.lfilter,
+librosa.stft and librosa.filters.mel because importing those costs ~1.7 s of a ~9 s inference run on a short
+clip; the results are equal (tests/test_audio.py checks the filterbank and the STFT against librosa's
+and the mel against an independent reference). librosa is still what resamples (`load_wav`).
 
 Edge cases (decided here, relied on downstream):
   * Silent audio (all zeros, or below the 1e-5 amplitude floor) is NOT an error by default: every mel value
@@ -27,13 +32,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from typing import TYPE_CHECKING
 
-import librosa
 import numpy as np
-import scipy.signal
 import soundfile
 
 from lipsync_jax import windows
+
+if TYPE_CHECKING:
+  from lipsync_jax.media import video as video_lib
 
 
 class AudioError(ValueError):
@@ -80,13 +87,49 @@ def num_mel_steps(num_samples: int, hparams: AudioHParams = AUDIO_HPARAMS) -> in
   return 1 + num_samples // hparams.hop_size
 
 
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+  """Slaney's mel scale (librosa's htk=False): linear below 1 kHz, logarithmic above."""
+  hz = np.asarray(hz, np.float64)
+  f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+  min_log_mel = min_log_hz / f_sp
+  return np.where(
+    hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep, hz / f_sp
+  )
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+  mels = np.asarray(mels, np.float64)
+  f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+  min_log_mel = min_log_hz / f_sp
+  return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), f_sp * mels)
+
+
 @functools.lru_cache(maxsize=8)
 def _mel_basis(sample_rate: int, n_fft: int, num_mels: int, fmin: float, fmax: float) -> np.ndarray:
-  basis = librosa.filters.mel(
-    sr=sample_rate, n_fft=n_fft, n_mels=num_mels, fmin=fmin, fmax=fmax, dtype=np.float64
-  )
+  """librosa.filters.mel(htk=False, norm='slaney') in float64: triangles on the Slaney mel scale, each
+  scaled to unit area (2 / bandwidth)."""
+  fft_freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+  mel_freqs = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), num_mels + 2))
+  widths = np.diff(mel_freqs)
+  ramps = mel_freqs[:, None] - fft_freqs[None, :]
+  lower = -ramps[:-2] / widths[:-1, None]
+  upper = ramps[2:] / widths[1:, None]
+  basis = np.maximum(0.0, np.minimum(lower, upper))
+  basis *= (2.0 / (mel_freqs[2 : num_mels + 2] - mel_freqs[:num_mels]))[:, None]
   basis.setflags(write=False)
   return basis
+
+
+def stft_magnitude(signal: np.ndarray, hparams: AudioHParams = AUDIO_HPARAMS) -> np.ndarray:
+  """|librosa.stft(signal, n_fft, hop, win, periodic Hann, center=True, pad_mode)| as (1 + n_fft/2, T)."""
+  if hparams.window != "hann" or hparams.win_size != hparams.n_fft or not hparams.center:
+    raise ValueError(
+      "stft_magnitude implements the original's STFT: a periodic Hann window of n_fft, centred"
+    )
+  padded = np.pad(signal, hparams.n_fft // 2, mode=hparams.pad_mode)
+  frames = np.lib.stride_tricks.sliding_window_view(padded, hparams.n_fft)[:: hparams.hop_size]
+  window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(hparams.n_fft) / hparams.n_fft)
+  return np.abs(np.fft.rfft(frames * window, axis=1)).T
 
 
 def mel_basis(hparams: AudioHParams = AUDIO_HPARAMS) -> np.ndarray:
@@ -94,28 +137,42 @@ def mel_basis(hparams: AudioHParams = AUDIO_HPARAMS) -> np.ndarray:
   return _mel_basis(hparams.sample_rate, hparams.n_fft, hparams.num_mels, hparams.fmin, hparams.fmax)
 
 
-def load_wav(path, sr: int = AUDIO_HPARAMS.sample_rate) -> np.ndarray:
+# libsndfile reads these too, but as packet-structured compressed streams they go through PyAV, which
+# skips damaged packets and keeps the timing (lipsync_jax.media.video); PCM/FLAC stay on libsndfile, exact.
+_PYAV_FORMATS = ("MP3", "MPEG", "OGG")
+
+
+def load_wav(
+  path, sr: int = AUDIO_HPARAMS.sample_rate, report: video_lib.DecodeReport | None = None
+) -> np.ndarray:
   """Reads an audio file as mono float32 at `sr` Hz.
 
-  Formats libsndfile reads (wav, flac, ogg, mp3) are read with soundfile, mixed down and resampled with
-  librosa (soxr_hq, librosa.load's default); anything else (e.g. the audio track of an .mp4) is decoded by
-  `lipsync_jax.media.video.read_audio` (PyAV). Missing or unreadable files raise `AudioError` naming the file.
+  Uncompressed and lossless files libsndfile reads (wav, flac, aiff, ...) are read exactly with soundfile,
+  mixed down and resampled with librosa (soxr_hq, librosa.load's default). Compressed audio (mp3, ogg
+  vorbis/opus, aac, ac3, the audio track of an .mp4, ...) is decoded by
+  `lipsync_jax.media.video.read_audio` (PyAV; the samples inference reads): damaged packets are skipped
+  and their span filled with silence so later audio keeps its time, counted in `report` (a
+  video.DecodeReport) if given. Missing or unreadable files raise `AudioError` naming the file.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise AudioError(f"audio file not found: {path!r}")
   try:
+    if soundfile.info(path).format in _PYAV_FORMATS:
+      raise TypeError("compressed: decoded by PyAV")
     data, file_sr = soundfile.read(path, dtype="float32", always_2d=True)  # (n, channels)
   except (soundfile.LibsndfileError, RuntimeError, TypeError) as sndfile_error:
-    # Local import: PyAV is only needed for containers libsndfile can't read.
-    from lipsync_jax.media import video
+    # Local import: PyAV (and OpenCV with it) is only needed for compressed audio and containers.
+    from lipsync_jax.media import video as video_lib
 
     try:
-      return video.read_audio(path, sr=sr)
-    except video.VideoError as av_error:
+      return video_lib.read_audio(path, sr=sr, report=report)
+    except video_lib.VideoError as av_error:
       raise AudioError(
         f"cannot read audio from {path!r}: libsndfile: {sndfile_error}; PyAV: {av_error}"
       ) from av_error
+  import librosa  # pylint: disable=import-outside-toplevel  (only here: its import costs ~1 s)
+
   wav = librosa.to_mono(data.T)
   if file_sr != sr:
     wav = librosa.resample(wav, orig_sr=file_sr, target_sr=sr, res_type="soxr_hq")
@@ -156,17 +213,8 @@ def melspectrogram(
   NaN and too-short audio.
   """
   wav = check_wav(wav, source, allow_silent, hparams)
-  emphasised = scipy.signal.lfilter([1.0, -hparams.preemphasis], [1.0], wav)
-  spec = librosa.stft(
-    emphasised,
-    n_fft=hparams.n_fft,
-    hop_length=hparams.hop_size,
-    win_length=hparams.win_size,
-    window=hparams.window,
-    center=hparams.center,
-    pad_mode=hparams.pad_mode,
-  )
-  mel = mel_basis(hparams) @ np.abs(spec)
+  emphasised = np.concatenate([wav[:1], wav[1:] - hparams.preemphasis * wav[:-1]])
+  mel = mel_basis(hparams) @ stft_magnitude(emphasised, hparams)
   db = 20.0 * np.log10(np.maximum(hparams.min_amplitude, mel)) - hparams.ref_level_db
   scale = 2.0 * hparams.max_abs_value
   normalised = scale * (db - hparams.min_level_db) / -hparams.min_level_db - hparams.max_abs_value
