@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lipsync_jax.media import detectors as fd
+from lipsync_jax.media import face_detector
 
 
 def test_registry_fixed_and_s3fd():
@@ -24,13 +25,13 @@ def test_registry_fixed_and_s3fd():
 
 
 def test_faces_array_clips_sorts_and_drops_empty_boxes():
-  rows = fd.faces_array(
+  rows = face_detector.faces_array(
     [(-5.2, 3.7, 20.1, 30.0), (50, 50, 50, 60), (10, 10, 200, 90)], [0.5, 0.9, 0.8], width=100, height=80
   )
   assert rows.dtype == np.float32 and rows.shape == (2, 5)
   np.testing.assert_array_equal(rows[:, :4], [(10, 10, 100, 80), (0, 3, 21, 30)])  # best first; clipped
   np.testing.assert_allclose(rows[:, 4], [0.8, 0.5])
-  assert fd.best_box(rows) == (10, 10, 100, 80) and fd.best_box(rows[:0]) is None
+  assert face_detector.best_box(rows) == (10, 10, 100, 80) and face_detector.best_box(rows[:0]) is None
 
 
 def test_haar_finds_a_rendered_face_and_not_a_blank_frame():
