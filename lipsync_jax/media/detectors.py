@@ -35,7 +35,7 @@ from lipsync_jax.media.face_detector import FaceDetector, check_frame, faces_arr
 
 
 class HaarDetector(FaceDetector):
-  """OpenCV's bundled frontal-face Haar cascade; keeps the biggest face per frame.
+  """OpenCV's bundled frontal-face Haar cascade: every face per frame, scored by the last stage's weight.
 
   Args:
     detect_size: frames whose longer side exceeds this are downscaled to it before detection (speed); the

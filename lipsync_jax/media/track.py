@@ -152,7 +152,7 @@ def as_faces(detection) -> np.ndarray:
 
 def box_iou(box: Sequence[float], boxes: np.ndarray) -> np.ndarray:
   """IoU of one (x1, y1, x2, y2) box (x2/y2 exclusive) with each row of `boxes` (N, >= 4)."""
-  boxes = np.asarray(boxes, np.float64).reshape(-1, np.shape(boxes)[-1] if np.ndim(boxes) == 2 else 4)
+  boxes = np.atleast_2d(np.asarray(boxes, np.float64))  # (N, 4) boxes or (N, 5) detect_faces rows
   x1 = np.maximum(box[0], boxes[:, 0])
   y1 = np.maximum(box[1], boxes[:, 1])
   x2 = np.minimum(box[2], boxes[:, 2])
