@@ -36,23 +36,10 @@ from lipsync_jax.training import stages
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
+from bench.accelerators import peak_flops_per_device  # noqa: E402
 from configs import common  # noqa: E402  (the config schema, at the repository root)
 
 DEFAULT_BATCH = {'expert': 64, 'generator': 16, 'gan': 16}
-# Dense bf16 peak FLOP/s by device-kind substring (vendor datasheets; SXM parts for GPUs).
-PEAK_BF16_FLOPS = {
-  'H200': 989e12,
-  'H100': 989e12,
-  'A100': 312e12,
-  'L4': 121e12,
-  'A10': 125e12,
-  'V100': 125e12,
-  'TPU v6': 918e12,
-  'TPU v5p': 459e12,
-  'TPU v5 lite': 197e12,
-  'TPU v5e': 197e12,
-  'TPU v4': 275e12,
-}
 
 
 def bench_config(stage: str, width: float, dtype: str, impl: str) -> ml_collections.ConfigDict:
@@ -107,11 +94,7 @@ def xla_flops(compiled) -> float | None:
 
 
 def peak_flops(device) -> float | None:
-  kind = getattr(device, 'device_kind', '')
-  for name, peak in PEAK_BF16_FLOPS.items():
-    if name.lower() in kind.lower():
-      return peak
-  return None
+  return peak_flops_per_device(getattr(device, 'device_kind', ''))
 
 
 def time_jax(

@@ -66,9 +66,13 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
 
   # Device mesh (lipsync_jax.training.sharding). Sizes -1 = all remaining devices. Batches are split over
   # ('data', 'fsdp'); params are replicated, or sharded over 'fsdp' with param_sharding='fsdp'.
+  # Multi-slice TPU (slices over DCN): dcn_data = the number of slices (-1 = all), data parallelism across
+  # slices; data and fsdp then size the mesh inside one slice (fsdp never spans slices) and the 'data' axis
+  # is dcn_data x data. dcn_data must match the slices the devices form (1 on one slice, CPU and GPU).
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1
   c.mesh.fsdp = 1
+  c.mesh.dcn_data = 1
   c.mesh.param_sharding = 'replicated'  # 'replicated' | 'fsdp'
 
   # The frozen sync expert the generator stages need: a lipsync_jax variables dir

@@ -1,9 +1,11 @@
 """Preprocessing on Apache Beam: talking-face videos -> face crops + mels -> TFRecord shards.
 
 Owns the Beam orchestration of preprocessing and its CLI: the pipeline (`build_pipeline`: list -> spread ->
-`ProcessClipFn` -> one WriteToTFRecord per split + a per-clip report), the runner choice, progress, and the
+`ProcessClipFn` -> group by shard -> `WriteShardFn`, our shard sink), the runner choice, progress, and the
 output-directory protocol. The per-clip work is lipsync_jax.data.clips (`process_to_record`, also used by
-the demo corpus builder), dataset_info.json is lipsync_jax.data.dataset_info.
+the demo corpus builder), dataset_info.json is lipsync_jax.data.dataset_info, the shard index
+(index-{split}.json) lipsync_jax.data.shard_index. Every file goes through lipsync_jax.fs: `--out` and
+`--input` may be gs:// (videos are decoded from a local copy, lipsync_jax.data.clips).
 
   python -m data_pipelines.preprocess --input 'DIR/**/*.mp4' --out SHARDS [--img_size 96]
   python -m data_pipelines.preprocess --data_root LRS2/main --out SHARDS     # finds {train,val,test}.txt
@@ -19,28 +21,34 @@ Bad input never stops the run: each clip that cannot be used is skipped with one
 dataset_info.json.
 
 Output directory protocol (safe to rerun into the same directory; a failed run leaves it as it was):
-  1. Beam writes shards `{split}-{i:05d}-of-{n:05d}.tfrecord` into OUT/_staging-<run id>/ (its own
-     temp-file-then-rename finalisation) plus a per-clip report (JSON lines).
-  2. Only after the pipeline succeeded: the shards are moved into OUT (same names are replaced), shards of
-     the rewritten splits left from older runs are deleted, and dataset_info.json is written atomically
-     (temp file + rename). Splits not in this run keep their shards and info entries (so train and val can
-     be preprocessed by separate runs), unless their settings (img_size, frame format, audio hparams)
-     differ, which is refused up front unless `overwrite=True` (then everything old is replaced).
+  1. The shard sink writes shards `{split}-{i:05d}-of-{n:05d}.tfrecord` into OUT/_staging-<run id>/ (local:
+     temp file + rename; gs://: one object upload each), each with a sidecar holding its index entry and
+     its clips' reports.
+  2. Only after the pipeline succeeded: the index files of the rewritten splits are deleted, the shards are
+     moved into OUT (same names are replaced), shards of the rewritten splits left from older runs are
+     deleted, then index-{split}.json of each rewritten split and dataset_info.json are written atomically
+     (local: temp file + rename; gs://: one object write). Splits not in this run keep their shards, index
+     files and info entries (so train and val can be preprocessed by separate runs), unless their settings
+     (img_size, frame format, audio hparams) differ, which is refused up front unless `overwrite=True`
+     (then everything old is replaced). A commit cut short leaves shards without an index (they are read
+     by scanning), never an index describing other bytes.
 
 TFRecord files are standard (length, masked CRC-32C of the length, data, masked CRC-32C of the data);
 they read with tf.data, grain.experimental.TFRecordIterDataset and lipsync_jax.data.records.parse_example.
-Shards: `num_shards` per split if given, else ceil(clips / clips_per_shard). Records are spread over the
-shards by Beam (round robin from a random start), so which shard holds a clip may differ between runs; the
-set of records does not.
+Shards: `num_shards` per split if given, else ceil(clips / clips_per_shard). Which shard holds a clip is
+fixed by the clip list (dataset_info.assign_shards: the split's clips sorted by clip_id, cut into
+contiguous runs), and each shard's records are sorted by clip_id: the same inputs and settings give the
+same shard bytes on any runner and worker count (and the same bytes as lipsync_jax.data.demo's builder).
 
 Runner: `--runner DirectRunner` (default) runs Beam's FnApiRunner directly, chosen here: Beam's
 DirectRunner would first try its Prism runner, which downloads a binary. direct_running_mode
 'multi_processing' (default) with `direct_num_workers` = the cores this process may use (face detection and
 JPEG coding are CPU bound; processes avoid the GIL) starts its workers as `python -m
 data_pipelines.beam_worker` (quiet: SDK-harness logs go to the runner, shown at --verbosity 1). Beam's
-DirectRunner keeps the records of a grouped write in memory (about 0.13 MB per second of video at 96 px,
-JPEG q95): corpora that outgrow one machine's memory should use a distributed runner (the same code; pass
---runner and its options through). Other runner names go to Beam unchanged.
+DirectRunner keeps the grouped records in memory (about 0.13 MB per second of video at 96 px, JPEG q95):
+corpora that outgrow one machine's memory should use a distributed runner (the same code; pass --runner
+and its options through); there one shard's records are held by the worker writing it. Other runner
+names go to Beam unchanged.
 
 Quiet by default (lipsync_jax.logs): what a run prints is a progress line (clips done, rate, ETA) and the
 final summary; `--verbosity 1` shows Beam's and the workers' logs.
@@ -55,25 +63,24 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from lipsync_jax import logs
-from lipsync_jax.data import clips, dataset_info, records
+from lipsync_jax import fs, logs
+from lipsync_jax.data import clips, dataset_info, records, shard_index, tfrecord
 from lipsync_jax.data.clips import ClipTask, PreprocessConfig, option
 
 LOG = logging.getLogger("data_pipelines.preprocess")
 
 _STAGING_PREFIX = "_staging-"
-_REPORT_TAG = "report"
 COUNTER_NAMESPACE = "preprocess"
 DIRECT_RUNNERS = ("DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 WORKER_MODULE = "data_pipelines.beam_worker"
@@ -165,7 +172,10 @@ class _ProgressFiles:
 
 
 class ProcessClipFn(beam.DoFn):
-  """ClipTask -> tagged outputs: 'records_<split>' (serialised example) and 'report' (one JSON line)."""
+  """(split, clip_id, path, shard) -> ((split, shard), (clip_id, record bytes | None, report JSON line)).
+
+  Every clip, written or skipped, goes to its shard's group: the shard writer writes its records and keeps
+  its reports."""
 
   def __init__(self, config: PreprocessConfig, progress_dir: str | None = None):
     super().__init__()
@@ -181,7 +191,8 @@ class ProcessClipFn(beam.DoFn):
       self.progress_file = os.path.join(self.progress_dir, f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
   def process(self, element: tuple):
-    task = ClipTask(*element)
+    split, clip_id, path, shard = element
+    task = ClipTask(split, clip_id, path)
     start = time.time()
     record, report = clips.process_to_record(task, self.config, self.detector)
     self.millis.update(int(1000 * (time.time() - start)))
@@ -191,13 +202,42 @@ class ProcessClipFn(beam.DoFn):
       if report.get("damaged_packets"):  # kept, decoded around its damage (lipsync_jax.media.video)
         Metrics.counter(COUNTER_NAMESPACE, "clips_damaged").inc()
         Metrics.counter(COUNTER_NAMESPACE, "damaged_packets").inc(report["damaged_packets"])
-      yield beam.pvalue.TaggedOutput(f"records_{task.split}", record)
     else:
       Metrics.counter(COUNTER_NAMESPACE, f"skipped_{report['reason']}").inc()
     if self.progress_file is not None:
       with open(self.progress_file, "ab") as f:
         f.write(b".")
-    yield beam.pvalue.TaggedOutput(_REPORT_TAG, json.dumps(report, sort_keys=True))
+    yield (split, shard), (clip_id, record, json.dumps(report, sort_keys=True))
+
+
+def _meta_name(shard_name: str) -> str:
+  """The staging sidecar of a shard: its index entry and its clips' reports (read by the commit)."""
+  return f"{shard_name}.meta.json"
+
+
+class WriteShardFn(beam.DoFn):
+  """((split, shard), [(clip_id, record | None, report), ...]) -> the shard written into staging_dir.
+
+  The shard sink (our own, instead of Beam's WriteToTFRecord): records sorted by clip_id, written with
+  lipsync_jax.data.tfrecord.write_tfrecord through lipsync_jax.fs (local or gs://, no second file-system
+  layer), plus a sidecar `<shard>.meta.json` with the shard's index entry (built from what was written, no
+  re-read) and the per-clip reports. Same inputs -> same shard bytes, whatever the runner or worker count.
+  A shard's records are held in memory while it is written (clips_per_shard x ~1 MB at 96 px)."""
+
+  def __init__(self, staging_dir: str, shards_per_split: dict[str, int]):
+    super().__init__()
+    self.staging_dir, self.shards_per_split = staging_dir, dict(shards_per_split)
+
+  def process(self, element: tuple):
+    (split, shard), values = element
+    items = sorted((v for v in values if v is not None), key=lambda v: v[0])  # v: (clip_id, record, report)
+    name = records.shard_name(split, shard, self.shards_per_split[split])
+    payloads = [record for _, record, _ in items if record is not None]
+    offsets, lengths = tfrecord.write_tfrecord(os.path.join(self.staging_dir, name), payloads)
+    entry = shard_index.make_entry(name, tfrecord.framed_size(lengths), offsets, lengths, payloads)
+    meta = dict(entry=entry.to_json(), reports=[json.loads(report) for _, _, report in items])
+    dataset_info.write_text_atomically(os.path.join(self.staging_dir, _meta_name(name)), json.dumps(meta))
+    yield name
 
 
 def build_pipeline(
@@ -208,26 +248,25 @@ def build_pipeline(
   shards_per_split: dict[str, int],
   progress_dir: str | None = None,
 ):
-  """Adds the preprocessing transforms to `pipeline` (records to staging_dir/{split}-*.tfrecord)."""
-  splits = sorted(shards_per_split)
-  tags = [f"records_{s}" for s in splits] + [_REPORT_TAG]
-  outputs = (
+  """Adds the preprocessing transforms to `pipeline`: every shard of `shards_per_split` (and its sidecar)
+  is written to staging_dir; each clip goes to the shard `dataset_info.assign_shards` gives it."""
+  shards = dataset_info.assign_shards(tasks, shards_per_split)
+  processed = (
     pipeline
-    | "ListClips" >> beam.Create([dataclasses.astuple(t) for t in tasks])
+    | "ListClips" >> beam.Create([(t.split, t.clip_id, t.path, shard) for t, shard in zip(tasks, shards)])
     | "SpreadClips" >> beam.Reshuffle()
-    | "ProcessClip" >> beam.ParDo(ProcessClipFn(config, progress_dir)).with_outputs(*tags)
+    | "ProcessClip" >> beam.ParDo(ProcessClipFn(config, progress_dir))
   )
-  for split in splits:
-    _ = outputs[f"records_{split}"] | f"Write_{split}" >> beam.io.WriteToTFRecord(
-      FileSystems.join(staging_dir, split),
-      file_name_suffix=".tfrecord",
-      num_shards=shards_per_split[split],
-      shard_name_template="-SSSSS-of-NNNNN",
-    )
-  _ = outputs[_REPORT_TAG] | "WriteReport" >> beam.io.WriteToText(
-    FileSystems.join(staging_dir, "report"), file_name_suffix=".jsonl"
+  # One empty element per shard: a shard whose clips were all skipped (or that got none) is still written.
+  every_shard = pipeline | "ListShards" >> beam.Create(
+    [((split, i), None) for split, count in sorted(shards_per_split.items()) for i in range(count)]
   )
-  return outputs
+  return (
+    (processed, every_shard)
+    | "Merge" >> beam.Flatten()
+    | "GroupByShard" >> beam.GroupByKey()
+    | "WriteShard" >> beam.ParDo(WriteShardFn(staging_dir, shards_per_split))
+  )
 
 
 def _make_pipeline(job: JobOptions, pipeline_args: Sequence[str], workers: int, verbosity: int):
@@ -274,51 +313,72 @@ def _make_pipeline(job: JobOptions, pipeline_args: Sequence[str], workers: int, 
 
 def _list_shards(directory: str) -> list[str]:
   """Names (not paths) of the shard files in `directory` that follow records.SHARD_PATTERN."""
-  pattern = FileSystems.join(directory, "*.tfrecord")
-  names = [os.path.basename(m.path) for r in FileSystems.match([pattern]) for m in r.metadata_list]
-  return sorted(n for n in names if records.SHARD_PATTERN.match(n))
+  return [n for n in fs.listdir(directory) if records.SHARD_PATTERN.match(n)]
+
+
+def _index_splits(directory: str) -> list[str]:
+  """Splits that have an index file (index-{split}.json) in `directory`."""
+  found = [shard_index.INDEX_PATTERN.match(n) for n in fs.listdir(directory)]
+  return sorted(m["split"] for m in found if m)
+
+
+def _read_staged(staging_dir: str, new_shards: Sequence[str]) -> tuple[dict, list[dict]]:
+  """The shard sink's sidecars: ({split: [ShardEntry, ...]}, per-clip reports). A missing one: error."""
+  entries: dict[str, list[shard_index.ShardEntry]] = {}
+  reports: list[dict] = []
+  missing = []
+  for name in new_shards:
+    path = os.path.join(staging_dir, _meta_name(name))
+    if not fs.exists(path) or not fs.exists(os.path.join(staging_dir, name)):
+      missing.append(name)
+      continue
+    with fs.open(path) as f:
+      meta = json.load(f)
+    entry = shard_index.ShardEntry.from_json(meta["entry"])
+    entries.setdefault(records.SHARD_PATTERN.match(name)["split"], []).append(entry)
+    reports.extend(meta["reports"])
+  if missing:
+    raise RuntimeError(f"the pipeline finished but did not write {missing}; the output was left unchanged")
+  return entries, reports
 
 
 def _commit(
-  staging_dir: str, out_dir: str, written_splits: Sequence[str], new_shards: list[str], overwrite: bool
+  staging_dir: str,
+  out_dir: str,
+  entries: dict[str, list[shard_index.ShardEntry]],
+  new_shards: list[str],
+  overwrite: bool,
 ) -> list[str]:
-  """Moves the new shards into out_dir, deletes stale shards of the rewritten splits; returns deleted."""
-  sources = [FileSystems.join(staging_dir, name) for name in new_shards]
-  targets = [FileSystems.join(out_dir, name) for name in new_shards]
-  if sources:
-    FileSystems.rename(sources, targets)  # local: os.rename, replaces same-named old shards
+  """Moves the new shards into out_dir, deletes stale shards of the rewritten splits (all splits with
+  `overwrite`), writes the rewritten splits' index files; returns the deleted shard names.
+
+  Index files of the rewritten splits are deleted first and written last: a commit that dies half way
+  leaves shards without an index (read by scanning), never an index that describes other bytes."""
+  written_splits = sorted(entries)
+  replaced = [s for s in _index_splits(out_dir) if overwrite or s in written_splits]
+  for split in replaced:
+    fs.remove(shard_index.index_path(out_dir, split), missing_ok=True)
+  for name in new_shards:
+    fs.move(os.path.join(staging_dir, name), os.path.join(out_dir, name))  # replaces a same-named shard
   new = set(new_shards)
   stale = [
     n
     for n in _list_shards(out_dir)
-    if n not in new and (overwrite or records.SHARD_PATTERN.match(n).group("split") in written_splits)
+    if n not in new and (overwrite or records.SHARD_PATTERN.match(n)["split"] in written_splits)
   ]
-  if stale:
-    FileSystems.delete([FileSystems.join(out_dir, n) for n in stale])
+  for name in stale:
+    fs.remove(os.path.join(out_dir, name))
+  for split in written_splits:
+    shard_index.write(out_dir, split, entries[split])
   return stale
 
 
 def _remove_tree(path: str) -> None:
   """Deletes a staging folder (best effort: a leftover is harmless and reported by the next run)."""
   try:
-    if "://" not in path:
-      shutil.rmtree(path, ignore_errors=True)
-      return
-    files = [m.path for r in FileSystems.match([FileSystems.join(path, "**")]) for m in r.metadata_list]
-    if files:
-      FileSystems.delete(files)
+    fs.rmtree(path)
   except Exception as e:  # noqa: BLE001 - cleanup must not hide the run's own result or error
     LOG.warning("could not remove the staging folder %s: %s", path, e)
-
-
-def _read_reports(staging_dir: str) -> list[dict]:
-  reports = []
-  for result in FileSystems.match([FileSystems.join(staging_dir, "report*.jsonl")]):
-    for meta in result.metadata_list:
-      with FileSystems.open(meta.path) as f:
-        text = f.read().decode()
-      reports.extend(json.loads(line) for line in text.splitlines() if line.strip())
-  return reports
 
 
 def _usable_cores() -> int:
@@ -392,16 +452,13 @@ def run(
     raise ValueError(
       f"no input videos found (input={input_glob!r}, filelist={filelist!r}, data_root={data_root!r})"
     )
-  local_out = "://" not in out_dir
-  if local_out:
-    os.makedirs(out_dir, exist_ok=True)
+  local_out = not fs.is_remote(out_dir)
+  fs.makedirs(out_dir)
   previous = dataset_info.read(out_dir)
   dataset_info.check_compatible(previous, config, out_dir, job.overwrite)
-  leftovers = [
-    m.path
-    for r in FileSystems.match([FileSystems.join(out_dir, _STAGING_PREFIX + "*")])
-    for m in r.metadata_list
-  ]
+  # (An object store has no empty directories: a new gs:// --out does not exist until the commit.)
+  existing = fs.listdir(out_dir) if fs.isdir(out_dir) else []
+  leftovers = [os.path.join(out_dir, n) for n in existing if n.startswith(_STAGING_PREFIX)]
   if leftovers:
     LOG.warning(
       "found staging folders of earlier unfinished runs in %s (safe to delete if no other run "
@@ -426,13 +483,16 @@ def run(
     f"{workers} {job.direct_running_mode} workers" if direct else job.runner,
   )
 
-  staging_dir = FileSystems.join(
+  staging_dir = os.path.join(
     out_dir, f"{_STAGING_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
   )
-  progress_files = None
-  if direct and local_out:
+  fs.makedirs(staging_dir)
+  progress_files, progress_tmp = None, None
+  if direct:  # workers count finished clips in files of a local folder (a gs:// --out: a temporary one)
+    progress_tmp = None if local_out else tempfile.mkdtemp(prefix="lipsync_jax_progress_")
     progress_files = _ProgressFiles(
-      os.path.join(staging_dir, "_progress"), Progress(len(tasks), "preprocess", enabled=progress)
+      progress_tmp or os.path.join(staging_dir, "_progress"),
+      Progress(len(tasks), "preprocess", enabled=progress),
     )
   start = time.time()
   try:
@@ -453,11 +513,9 @@ def run(
     if state not in (None, beam.runners.runner.PipelineState.DONE):
       raise RuntimeError(f"the Beam pipeline ended in state {state}; {out_dir} was left unchanged")
     elapsed = time.time() - start
-    reports = _read_reports(staging_dir) + duplicates
     new_shards = sorted(records.shard_name(s, i, n) for s, n in shards_per_split.items() for i in range(n))
-    missing = [n for n in new_shards if not FileSystems.exists(FileSystems.join(staging_dir, n))]
-    if missing:
-      raise RuntimeError(f"the pipeline finished but did not write {missing}; {out_dir} was left unchanged")
+    entries, reports = _read_staged(staging_dir, new_shards)
+    reports += duplicates
     run_meta = dict(
       runner=job.runner,
       num_inputs=len(tasks),
@@ -469,13 +527,15 @@ def run(
       finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     info = dataset_info.build(config, reports, shards_per_split, previous, job.overwrite, run_meta)
-    stale = _commit(staging_dir, out_dir, sorted(shards_per_split), new_shards, job.overwrite)
+    stale = _commit(staging_dir, out_dir, entries, new_shards, job.overwrite)
     if stale:
       LOG.info("preprocess: removed %d shards of an earlier run: %s", len(stale), stale)
     dataset_info.write(out_dir, info)
   finally:
     if progress_files is not None:
       progress_files.close()
+    if progress_tmp is not None:
+      shutil.rmtree(progress_tmp, ignore_errors=True)
     _remove_tree(staging_dir)
   LOG.info(
     "preprocess: %d clips written, %d skipped %s in %.1f s (%.2f clips/s) -> %s",

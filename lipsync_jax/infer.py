@@ -5,7 +5,8 @@
 FACE: a video or a still image (.jpg/.png/...). AUDIO: wav, mp3 or any container with an audio track.
 CKPT: anything `lipsync_jax.weights.load` reads: an official `.pth` (converted on the fly), a lipsync_jax
 variables directory (`lipsync_jax_meta.json`), or a training workdir (its latest generator). The options are
-the original inference.py's. Owns the flags only; the pipeline and the programmatic API
+the original inference.py's. Every path (FACE, AUDIO, CKPT, OUT, --stats_json, --detector_weights) may be
+a gs://... URL (lipsync_jax.fs). Owns the flags only; the pipeline and the programmatic API
 (`lipsync_jax.inference.lipsync.lipsync`) live in `lipsync_jax.inference`. Output: a progress bar and one
 result line (or one `error:` line and exit status 1).
 """

@@ -195,3 +195,22 @@ def test_cli_converts_and_fails_with_one_line(disc_ref, tmp_path):
     lines = [line for line in failed.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and bad.name in lines[0] and "weights_only" not in lines[0], failed.stderr
     assert not (tmp_path / "out2").exists()
+
+
+def test_cli_converts_from_and_to_gcs(disc_ref, tmp_path, gcs_dir):
+  """--src and --dst on gs:// (the emulator; the subprocess inherits its variables)."""
+  from lipsync_jax import fs
+
+  src = tmp_path / "visual_quality_disc.pth"
+  tr.save_official(disc_ref, src)
+  fs.copy(src, f"{gcs_dir}/disc.pth")
+  ok = _run_cli("--kind", "disc", "--src", f"{gcs_dir}/disc.pth", "--dst", f"{gcs_dir}/out")
+  assert ok.returncode == 0, ok.stderr
+  variables, meta = weights.load_variables(f"{gcs_dir}/out")
+  assert meta["kind"] == "disc" and meta["source"] == f"{gcs_dir}/disc.pth"
+  np.testing.assert_array_equal(
+    variables["params"]["binary_pred_0"]["kernel"][0, 0, :, 0],
+    disc_ref.binary_pred[0].weight.detach().numpy()[0, :, 0, 0],
+  )
+  missing = _run_cli("--kind", "disc", "--src", f"{gcs_dir}/absent.pth", "--dst", f"{gcs_dir}/out2")
+  assert missing.returncode != 0 and f"--src {gcs_dir}/absent.pth: no such file" in missing.stderr

@@ -476,3 +476,38 @@ def test_cli_second_run_compiles_nothing(tmp_path, tiny_generator):
   assert "0 compiled" in proc.stdout and f"{second['xla_programs']} from the compile cache" in proc.stdout
   first_frames = video.read_frames(os.path.join(tmp_path, "o0.mp4"))[0]
   np.testing.assert_array_equal(video.read_frames(out)[0], first_frames)
+
+
+def test_cli_reads_and_writes_gcs(tmp_path, tiny_generator, capsys, gcs_dir):
+  """Every path on gs:// (the emulator): face, audio, checkpoint (a variables dir), output and stats JSON;
+  a missing gs:// input is named like a local one, and a failed run leaves no output object."""
+  import json
+
+  from lipsync_jax import fs
+
+  face = os.path.join(tmp_path, "face.mp4")
+  _write_video(face, _face_frames(8))
+  audio = _write_wav(os.path.join(tmp_path, "a.wav"), 0.6)
+  fs.copy(face, f"{gcs_dir}/in/face.mp4")
+  fs.copy(audio, f"{gcs_dir}/in/a.wav")
+  var_dir = weights.save_variables(f"{gcs_dir}/vars", tiny_generator[0], "wav2lip")
+  out, stats_json = f"{gcs_dir}/out/result.mp4", f"{gcs_dir}/out/stats.json"
+  args = ["--checkpoint", var_dir, "--box", "20", "100", "50", "110", "--batch_size", "8", "--no_progress"]
+  inputs = ["--face", f"{gcs_dir}/in/face.mp4", "--audio", f"{gcs_dir}/in/a.wav"]
+  rc = infer.main(inputs + ["--out", out, "--stats_json", stats_json] + args)
+  assert rc == 0, capsys.readouterr().err
+  assert f"wrote {out}:" in capsys.readouterr().out
+  with fs.local_copy(out) as local:
+    info = video.probe(local)
+  assert info.has_audio and info.num_frames == len(mel_chunk_starts(1 + 9600 * 80 // 16000, 25))
+  with fs.open(stats_json) as f:
+    assert json.load(f)["out"] == out
+  # Missing input on gs://: one error line naming it. An unreadable audio: no output object is left.
+  assert infer.main(["--face", f"{gcs_dir}/in/absent.mp4", "--audio", audio, "--out", out] + args) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and f"{gcs_dir}/in/absent.mp4" in err[0], err
+  fs.copy(__file__, f"{gcs_dir}/in/garbage.wav")
+  failed = f"{gcs_dir}/out/failed.mp4"
+  bad_audio = ["--face", f"{gcs_dir}/in/face.mp4", "--audio", f"{gcs_dir}/in/garbage.wav"]
+  assert infer.main(bad_audio + ["--out", failed] + args) == 1
+  assert "garbage.wav" in capsys.readouterr().err and not fs.exists(failed)

@@ -6,15 +6,15 @@ the clip number in row 1, so a batch tells which clip, frames and mel columns it
 
 from __future__ import annotations
 
+import json
 import os
 
-import grain
 import numpy as np
 import pytest
 
 from lipsync_jax import windows
 from lipsync_jax.data import pipeline as input_pipeline
-from lipsync_jax.data import records, sampling, tfrecord
+from lipsync_jax.data import records, sampling, shard_index, tfrecord
 
 IMG = 16  # tiny crops
 CLIP_FRAMES = (30, 24, 40, 20, 33, 28)  # 6 clips; mel length like real audio: int(3.2 * N) + 1
@@ -34,14 +34,20 @@ def indexed_clip(
   return records.Clip(f"spk/{number:03d}", split, frames, mel, np.zeros((num_frames, 4)))
 
 
-def write_split(directory, split, clips, num_shards=2, frame_format="raw"):
+def write_split(directory, split, clips, num_shards=2, frame_format="raw", index=False):
+  """Shards of `clips` (clip i in shard i % num_shards); with `index`, the shard index too."""
   directory = str(directory)
   os.makedirs(directory, exist_ok=True)
+  entries = []
   for shard in range(num_shards):
-    tfrecord.write_tfrecord(
-      os.path.join(directory, records.shard_name(split, shard, num_shards)),
-      [records.serialize_clip(c, frame_format=frame_format) for c in clips[shard::num_shards]],
+    name = records.shard_name(split, shard, num_shards)
+    blobs = [records.serialize_clip(c, frame_format=frame_format) for c in clips[shard::num_shards]]
+    offsets, lengths = tfrecord.write_tfrecord(os.path.join(directory, name), blobs)
+    entries.append(
+      shard_index.make_entry(name, os.path.getsize(os.path.join(directory, name)), offsets, lengths, blobs)
     )
+  if index:
+    shard_index.write(directory, split, entries)
   return directory
 
 
@@ -53,8 +59,30 @@ def shards_dir(tmp_path_factory):
   return str(directory)
 
 
+# Clip 2 (10 frames) has no room for a window: the global order drops it (index) or replaces it (no index).
+MIXED_FRAMES = (30, 24, 10, 40, 20, 33)
+
+
+@pytest.fixture(scope="module", params=["indexed", "scanned"])
+def mixed_shards(request, tmp_path_factory):
+  directory = tmp_path_factory.mktemp(f"mixed_{request.param}")
+  clips = [indexed_clip(i, n) for i, n in enumerate(MIXED_FRAMES)]
+  write_split(directory, "train", clips, num_shards=3, index=request.param == "indexed")
+  write_split(directory, "val", [indexed_clip(100 + i, 26) for i in range(3)], num_shards=1)
+  return str(directory)
+
+
 def take(iterator, n):
   return [next(iterator) for _ in range(n)]
+
+
+def clip_numbers(batches):
+  return np.concatenate([b["mel"][:, 1, 0, 0] for b in batches]).astype(int).tolist()
+
+
+def process_rows(global_batch_size, process_count):
+  per_process = global_batch_size // process_count
+  return [(p * per_process, (p + 1) * per_process) for p in range(process_count)]
 
 
 def assert_batches_equal(first, second):
@@ -209,53 +237,137 @@ def test_epochs_reshuffle_and_cover_every_clip(shards_dir):
   assert len({tuple(e) for e in epochs}) > 1
 
 
-def test_processes_read_disjoint_slices_covering_all_clips(shards_dir):
-  seen = []
-  for process_index in range(2):
-    it = input_pipeline.make_train_iterator(
-      shards_dir, "train", "expert", 2, seed=0, process_index=process_index, process_count=2, num_threads=0
+@pytest.mark.parametrize("mode", sampling.MODES)
+def test_one_process_global_batch_is_the_rows_of_two_and_four_processes(mixed_shards, mode):
+  # Global batch 4 over 5 usable clips: an epoch ends inside batches 1, 2, 3 and 4 (new order, new windows).
+  num_batches, global_batch = 6, 4
+
+  def batches(rows):
+    return take(
+      input_pipeline.make_train_iterator(
+        mixed_shards, "train", mode, global_batch, seed=3, rows=rows, num_threads=1
+      ),
+      num_batches,
     )
-    # one epoch of this process = 3 clips = 3 batches of 1.
-    seen.append({int(b["mel"][0, 1, 0, 0]) for b in take(it, 3)})
-  assert not seen[0] & seen[1]
-  assert seen[0] | seen[1] == set(range(len(CLIP_FRAMES)))
+
+  reference = batches(None)  # rows None, jax's one process: the whole global batch
+  assert reference[0][next(iter(reference[0]))].shape[0] == global_batch
+  for process_count in (2, 4):
+    per_process = [batches(rows) for rows in process_rows(global_batch, process_count)]
+    concatenated = [
+      {key: np.concatenate([p[k][key] for p in per_process]) for key in reference[k]}
+      for k in range(num_batches)
+    ]
+    assert_batches_equal(reference, concatenated)
+  # process_index / process_count without rows: the contiguous block process_index * b.
+  second = take(
+    input_pipeline.make_train_iterator(
+      mixed_shards, "train", mode, global_batch, seed=3, process_index=1, process_count=2, num_threads=0
+    ),
+    num_batches,
+  )
+  assert_batches_equal(second, [{k: v[2:] for k, v in b.items()} for b in reference])
+  seen = clip_numbers(reference)
+  assert 2 not in seen and set(seen) == {0, 1, 3, 4, 5}  # the short clip never, every other clip
 
 
-def test_split_smaller_than_process_count_is_read_by_every_process(shards_dir):
-  batches = [
-    input_pipeline.make_eval_batches(
-      shards_dir, "val", "generator", 8, num_batches=1, process_index=p, process_count=4
-    )[0]
-    for p in range(2)
+def test_short_clips_leave_the_global_order_with_an_index(mixed_shards):
+  it = input_pipeline.make_train_iterator(mixed_shards, "train", "expert", 5, seed=0, num_threads=0)
+  indexed = "indexed" in os.path.basename(mixed_shards)
+  assert it.get_state()["num_clips"] == (5 if indexed else 6)
+  if indexed:  # one epoch = the 5 usable clips, each once
+    assert sorted(clip_numbers([next(it)])) == [0, 1, 3, 4, 5]
+
+
+def test_indexed_split_without_a_usable_clip_names_it(tmp_path):
+  write_split(tmp_path, "train", [indexed_clip(0, 15), indexed_clip(1, 12)], num_shards=1, index=True)
+  with pytest.raises(ValueError, match=r"no clip of split 'train' .* has room for a generator window"):
+    input_pipeline.build_dataset(str(tmp_path), "train", "generator", 2, seed=0, rows=(0, 2))
+
+
+def test_eval_batches_are_global_and_split_by_rows(mixed_shards):
+  # The val split (3 clips) is smaller than the process count and the batch: the same global batches.
+  reference = list(
+    input_pipeline.make_eval_batches(mixed_shards, "val", "generator", 8, 2, seed=1, rows=(0, 8))
+  )
+  rows = [
+    list(input_pipeline.make_eval_batches(mixed_shards, "val", "generator", 8, 2, seed=1, rows=r))
+    for r in process_rows(8, 4)
   ]
-  assert batches[0]["gt"].shape[0] == 2
-  assert not np.array_equal(batches[0]["gt"], batches[1]["gt"])  # own windows per process
+  assert_batches_equal(
+    reference, [{k: np.concatenate([r[i][k] for r in rows]) for k in reference[i]} for i in range(2)]
+  )
 
 
-def test_restore_after_k_batches_gives_the_same_next_batches(shards_dir):
+def test_rows_outside_the_global_batch_are_refused(shards_dir):
+  with pytest.raises(ValueError, match=r"rows \(4, 10\) are not a block of a global batch of 8"):
+    input_pipeline.build_dataset(shards_dir, "train", "expert", 8, seed=0, rows=(4, 10))
+
+
+def test_state_round_trip_gives_the_same_next_batches(shards_dir):
   kwargs = dict(process_index=0, process_count=1, num_threads=2)
   it = input_pipeline.make_train_iterator(shards_dir, "train", "expert", 4, seed=0, **kwargs)
   take(it, 3)
-  state = it.get_state()
+  state = json.loads(json.dumps(it.get_state()))  # JSON-able: saved as a JSON checkpoint item
+  assert state == {
+    "next_batch": 3,
+    "seed": 0,
+    "split": "train",
+    "mode": "expert",
+    "global_batch_size": 4,
+    "num_clips": len(CLIP_FRAMES),
+  }
   expected = take(it, 3)
   fresh = input_pipeline.make_train_iterator(shards_dir, "train", "expert", 4, seed=0, **kwargs)
+  take(fresh, 1)  # a running iterator restarts at the state's batch
   fresh.set_state(state)
   assert_batches_equal(expected, take(fresh, 3))
+  assert fresh.get_state()["next_batch"] == 6
 
 
-def test_restore_through_orbax_checkpoint_manager(shards_dir, tmp_path):
+def test_state_of_two_processes_continues_in_one(mixed_shards):
+  def make(rows):
+    return input_pipeline.make_train_iterator(mixed_shards, "train", "generator", 4, seed=9, rows=rows)
+
+  reference = take(make((0, 4)), 6)  # one process, uninterrupted
+  pair = [make(rows) for rows in process_rows(4, 2)]
+  for it in pair:
+    take(it, 3)
+  states = [it.get_state() for it in pair]
+  assert states[0] == states[1]  # every process holds the same state
+  single = make((0, 4))
+  single.set_state(json.loads(json.dumps(states[1])))
+  assert_batches_equal(reference[3:5], take(single, 2))
+  # ... and the one process's state continues in four.
+  quads = [make(rows) for rows in process_rows(4, 4)]
+  for it in quads:
+    it.set_state(single.get_state())
+  rows = [next(it) for it in quads]
+  assert_batches_equal(reference[5:], [{k: np.concatenate([r[k] for r in rows]) for k in rows[0]}])
+
+
+def test_state_of_another_stream_is_refused(shards_dir):
+  it = input_pipeline.make_train_iterator(shards_dir, "train", "expert", 4, seed=0, num_threads=0)
+  state = dict(it.get_state(), seed=1, global_batch_size=8)
+  with pytest.raises(ValueError, match=r"another data stream \(seed: saved 1, now 0, global_batch_size"):
+    it.set_state(state)
+  with pytest.raises(ValueError, match="no 'next_batch'"):
+    it.set_state({"a": 1})  # e.g. grain's own per-process iterator state
+
+
+def test_restore_through_orbax_json_item(shards_dir, tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
   kwargs = dict(process_index=0, process_count=1, num_threads=2)
   it = input_pipeline.make_train_iterator(shards_dir, "train", "generator", 2, seed=5, **kwargs)
   take(it, 4)
   with ocp.CheckpointManager(str(tmp_path / "ckpt")) as manager:
-    manager.save(4, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(it)))
+    manager.save(4, args=ocp.args.Composite(data=ocp.args.JsonSave(it.get_state())))
     manager.wait_until_finished()
   expected = take(it, 2)
   fresh = input_pipeline.make_train_iterator(shards_dir, "train", "generator", 2, seed=5, **kwargs)
   with ocp.CheckpointManager(str(tmp_path / "ckpt")) as manager:
     assert manager.latest_step() == 4
-    manager.restore(4, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(fresh)))
+    fresh.set_state(manager.restore(4, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"])
   assert_batches_equal(expected, take(fresh, 2))
 
 
@@ -337,15 +449,22 @@ def test_incomplete_shard_set_is_an_error(tmp_path):
     tfrecord.find_shards(str(tmp_path), "train")
 
 
-def test_worker_processes_give_the_same_batches(shards_dir):
-  kwargs = dict(process_index=0, process_count=1, num_threads=1)
+def test_worker_processes_give_the_same_batches_and_states(shards_dir):
+  kwargs = dict(rows=(2, 4), num_threads=1)
   make = input_pipeline.make_train_iterator
-  reference = take(make(shards_dir, "train", "generator", 2, seed=2, **kwargs), 4)
-  it = make(shards_dir, "train", "generator", 2, seed=2, worker_count=2, **kwargs)
+  reference = take(make(shards_dir, "train", "generator", 4, seed=2, **kwargs), 6)
+  it = make(shards_dir, "train", "generator", 4, seed=2, worker_count=2, **kwargs)
   try:
-    assert_batches_equal(reference, take(it, 4))
+    assert_batches_equal(reference[:3], take(it, 3))
+    state = it.get_state()
+    assert state["next_batch"] == 3
+    it.set_state(dict(state, next_batch=4))  # workers restarted at batch 4
+    assert_batches_equal(reference[4:], take(it, 2))
   finally:
     it.close()
+  threads_only = make(shards_dir, "train", "generator", 4, seed=2, **kwargs)
+  threads_only.set_state(state)  # a state saved with workers restores without them
+  assert_batches_equal(reference[3:4], take(threads_only, 1))
 
 
 @pytest.mark.slow

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from data_pipelines import preprocess
-from lipsync_jax.data import clips, demo, records
+from lipsync_jax import fs
+from lipsync_jax.data import clips, demo, records, reindex, shard_index, tfrecord
 from lipsync_jax.media import detectors, face_detector, video
 
 BOX = (40, 20, 120, 100)  # x1, y1, x2, y2 in the 160x120 source frames
@@ -114,9 +115,19 @@ def test_glob_end_to_end_with_bad_inputs(corpus, tmp_path):
     "train-00000-of-00002.tfrecord",
     "train-00001-of-00002.tfrecord",
   ]
-  assert sorted(os.listdir(out)) == sorted(["dataset_info.json"] + info["splits"]["train"]["shards"])
+  assert sorted(os.listdir(out)) == sorted(
+    ["dataset_info.json", "index-train.json"] + info["splits"]["train"]["shards"]
+  )
   assert sum(_check_tfrecord_crcs(p) for p in paths) == 2
   assert sorted(clips) == ["spk1/a", "spk1/b"]
+  # The index: clips by sorted rank over the 6 listed (skipped ones too): a, b -> shard 0 of 2; it equals a
+  # scan of the shards, and ClipRecords serves every record from it.
+  index = shard_index.read(out, "train")
+  assert [list(s.clip_id) for s in index.shards] == [["spk1/a", "spk1/b"], []]
+  assert index.to_json() == reindex.build(out, "train").to_json()
+  source = tfrecord.ClipRecords.for_split(out, "train")
+  assert source.clip_ids == ("spk1/a", "spk1/b") and source.num_frames.tolist() == [40, 30]
+  assert [records.parse_example(source[i].data).clip_id for i in range(2)] == ["spk1/a", "spk1/b"]
 
   a, b = clips["spk1/a"], clips["spk1/b"]
   assert (a.num_frames, b.num_frames) == (40, 30)
@@ -189,6 +200,8 @@ def test_filelist_splits_rerun_and_settings_guard(corpus, tmp_path):
   )
   assert sorted(os.listdir(out)) == [
     "dataset_info.json",
+    "index-train.json",
+    "index-val.json",
     "train-00000-of-00001.tfrecord",
     "val-00000-of-00001.tfrecord",
   ]
@@ -198,9 +211,12 @@ def test_filelist_splits_rerun_and_settings_guard(corpus, tmp_path):
 
   # Only val again: train's shards and info entry are kept as they are.
   train_bytes = open(os.path.join(out, "train-00000-of-00001.tfrecord"), "rb").read()
+  train_index = open(os.path.join(out, "index-train.json")).read()
   third = preprocess.run(out, filelist=str(val_list), data_root=str(root), num_shards=2, **FIXED, **FAST)
   assert third["carried_over_splits"] == ["train"] and third["splits"]["train"] == second["splits"]["train"]
   assert open(os.path.join(out, "train-00000-of-00001.tfrecord"), "rb").read() == train_bytes
+  assert open(os.path.join(out, "index-train.json")).read() == train_index
+  assert shard_index.read(out, "val").names == ["val-00000-of-00002.tfrecord", "val-00001-of-00002.tfrecord"]
   assert third["splits"]["val"]["shards"] == ["val-00000-of-00002.tfrecord", "val-00001-of-00002.tfrecord"]
   assert third["num_skipped"] == 1  # train's skipped clip is still listed
 
@@ -211,7 +227,7 @@ def test_filelist_splits_rerun_and_settings_guard(corpus, tmp_path):
   fourth = preprocess.run(
     out, filelist=str(val_list), data_root=str(root), img_size=48, overwrite=True, **FIXED, **FAST
   )
-  assert sorted(os.listdir(out)) == ["dataset_info.json", "val-00000-of-00001.tfrecord"]
+  assert sorted(os.listdir(out)) == ["dataset_info.json", "index-val.json", "val-00000-of-00001.tfrecord"]
   assert list(fourth["splits"]) == ["val"] and _read_split(out, "val")[1]["spk3/c"].img_size == 48
 
 
@@ -242,7 +258,16 @@ def test_default_runner_and_detector_on_synthetic_corpus_equals_demo_builder(tmp
 
   demo_out = str(tmp_path / "demo_shards")
   demo_info = demo.build_shards(corpus, demo_out, clips.PreprocessConfig(), workers=2, progress=False)
-  assert sorted(os.listdir(demo_out)) == sorted(os.listdir(out))  # same shard names
+  assert sorted(os.listdir(demo_out)) == sorted(os.listdir(out))  # same shard and index names
+  for name in os.listdir(out):  # Beam (2 worker processes) and the process pool: the same bytes
+    if name != "dataset_info.json":
+      assert open(os.path.join(demo_out, name), "rb").read() == open(os.path.join(out, name), "rb").read()
+  # A demo cache built before the index existed gets its index files on the next ensure_demo_shards.
+  for split in info["splits"]:
+    os.remove(shard_index.index_path(demo_out, split))
+  demo._index_older_build(demo_out)
+  for split in info["splits"]:
+    assert shard_index.read(demo_out, split).to_json() == shard_index.read(out, split).to_json()
   ignore = ("created_by", "last_run")
   assert {k: v for k, v in demo_info.items() if k not in ignore} == {
     k: v for k, v in info.items() if k not in ignore
@@ -341,3 +366,39 @@ def test_cli_output_is_short(corpus, tmp_path):
   assert lines[-1].startswith("preprocess: 2 clips written, 4 skipped"), proc.stderr
   assert len(lines) <= 4, proc.stderr  # no Beam / worker / apitools lines
   assert json.loads(proc.stdout)["splits"] == {"train": 2}
+
+
+def test_gcs_output_and_input(corpus, gcs_dir, tmp_path):
+  """--out gs:// (the emulator): the same shard bytes as a local run, readable by ClipRecords.for_split
+  from the index; a rerun replaces the remote shards; --input gs://.../**/*.mp4 decodes from local copies."""
+  local_out, remote_out = str(tmp_path / "local"), f"{gcs_dir}/shards"
+  kwargs = dict(input_glob=f"{corpus}/spk[1]/*.mp4", img_size=32, num_shards=2, **FIXED, **FAST)
+  local_info = preprocess.run(local_out, **kwargs)
+  remote_info = preprocess.run(remote_out, **kwargs)
+  assert remote_info["splits"] == local_info["splits"] and remote_info["num_clips"] == 2
+  names = sorted(os.listdir(local_out))
+  assert fs.listdir(remote_out) == names  # no staging folder left behind
+  for name in names:
+    if name != "dataset_info.json":  # same shards and index, byte for byte
+      with fs.open(f"{remote_out}/{name}", "rb") as f:
+        assert f.read() == open(os.path.join(local_out, name), "rb").read(), name
+  source = tfrecord.ClipRecords.for_split(remote_out, "train")
+  assert source.paths[0].startswith("gs://") and source.clip_ids == ("spk1/a", "spk1/b")
+  assert [records.parse_example(source[i].data).num_frames for i in range(len(source))] == [40, 30]
+
+  rerun = preprocess.run(remote_out, **dict(kwargs, num_shards=1))
+  assert rerun["splits"]["train"]["shards"] == ["train-00000-of-00001.tfrecord"]
+  assert fs.listdir(remote_out) == ["dataset_info.json", "index-train.json", "train-00000-of-00001.tfrecord"]
+  assert len(tfrecord.ClipRecords.for_split(remote_out, "train")) == 2
+
+  for name in ("a", "b"):
+    fs.copy(f"{corpus}/spk1/{name}.mp4", f"{gcs_dir}/videos/spk1/{name}.mp4")
+  from_gcs = str(tmp_path / "from_gcs")
+  info = preprocess.run(from_gcs, **dict(kwargs, input_glob=f"{gcs_dir}/videos/**/*.mp4"))
+  assert info["num_clips"] == 2 and info["num_skipped"] == 0
+  got, want = _read_split(from_gcs, "train")[1], _read_split(local_out, "train")[1]
+  assert sorted(got) == ["spk1/a", "spk1/b"]
+  for clip_id, clip in got.items():
+    assert clip.source == f"{gcs_dir}/videos/{clip_id}.mp4"
+    assert clip.encoded_frames == want[clip_id].encoded_frames
+    np.testing.assert_array_equal(clip.mel, want[clip_id].mel)

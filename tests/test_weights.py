@@ -151,3 +151,46 @@ def test_reading_pth_without_torch_names_the_optional_extra(tmp_path, monkeypatc
   monkeypatch.setitem(__import__("sys").modules, "torch", None)  # `import torch` now raises ImportError
   with pytest.raises(CheckpointError, match=r"needs torch, an optional extra: pip install -e '\.\[torch\]'"):
     weights.read_torch_state_dict(path)
+
+
+def test_every_source_from_gcs(gcs_dir, tmp_path):
+  """gs:// sources (the emulator): an official .pth, a variables directory, a training workdir, s3fd.pth;
+  a missing gs:// path is named like a local one."""
+  model = tr.randomize(tr.SyncNetColor(), seed=5)
+  local_pth = tmp_path / "lipsync_expert.pth"
+  tr.save_official(model, local_pth)
+  fs.copy(local_pth, f"{gcs_dir}/lipsync_expert.pth")
+  variables, meta = weights.load(f"{gcs_dir}/lipsync_expert.pth", "syncnet")
+  assert meta["source"] == f"{gcs_dir}/lipsync_expert.pth" and meta["width_multiplier"] == 1.0
+  _assert_trees_equal(variables, weights.torch_state_dict_to_variables("syncnet", model.state_dict()))
+
+  generator = _init("wav2lip")
+  directory = weights.save_variables(f"{gcs_dir}/vars", generator, "wav2lip")
+  assert directory == f"{gcs_dir}/vars" and fs.isfile(f"{gcs_dir}/vars/{weights.META_FILE}")
+  loaded, meta = weights.load(directory, "wav2lip")
+  _assert_trees_equal(loaded, generator)
+  assert meta["width_multiplier"] == WIDTH and weights.source_type(directory) == "variables"
+
+  workdir = _generator_workdir(f"{gcs_dir}/wd", generator)
+  loaded, meta = weights.load(workdir, "wav2lip")
+  _assert_trees_equal(loaded, generator)
+  assert meta["step"] == 7 and meta["source"] == workdir
+
+  from lipsync_jax.media import s3fd
+
+  state = {k: torch.from_numpy(v) for k, v in _s3fd_state().items()}
+  torch.save(state, tmp_path / "s3fd.pth")
+  fs.copy(tmp_path / "s3fd.pth", f"{gcs_dir}/s3fd.pth")
+  _assert_trees_equal(s3fd.load_s3fd(f"{gcs_dir}/s3fd.pth"), s3fd.load_s3fd(tmp_path / "s3fd.pth"))
+
+  with pytest.raises(CheckpointError, match=rf"{gcs_dir}/absent\.pth: does not exist; pass an official"):
+    weights.load(f"{gcs_dir}/absent.pth", "wav2lip")
+  with pytest.raises(CheckpointError, match=rf"{gcs_dir}/absent\.pth: no such checkpoint file"):
+    s3fd.load_s3fd(f"{gcs_dir}/absent.pth")
+
+
+def _s3fd_state():
+  from lipsync_jax.media import s3fd
+
+  rng = np.random.default_rng(0)
+  return {k: rng.standard_normal(shape).astype(np.float32) for k, shape in s3fd.param_shapes().items()}

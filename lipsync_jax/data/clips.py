@@ -4,8 +4,8 @@ demo corpus builder.
 Owns: the preprocessing settings (`PreprocessConfig`, declared once: each field carries its command-line
 help and choices as field metadata, and `add_flags` / `flag_values` turn any such dataclass into argparse
 flags), which clips a corpus has (`list_tasks`: a glob, LRS2-style filelists, or
-data_root/{train,val,test}.txt; `dedupe`), and the pure per-clip function (`process_clip`,
-`process_to_record`), no Beam:
+data_root/{train,val,test}.txt; `dedupe`; local or gs:// through lipsync_jax.fs), and the pure per-clip
+function (`process_clip`, `process_to_record`), no Beam; a gs:// video is decoded from a local copy:
 
   probe -> 16 kHz mono audio -> mel (lipsync_jax.media.audio, exact original hparams) -> frames at 25 fps
   (lipsync_jax.media.video.iter_frames(fps=25.0): THE fps rule of lipsync_jax.media.fps, by presentation
@@ -31,8 +31,8 @@ A clip that cannot be used raises `SkipClip` with one reason of SKIP_REASONS:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import glob
 import os
 import re
 import traceback
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from lipsync_jax import windows
+from lipsync_jax import fs, windows
 from lipsync_jax.data import records
 from lipsync_jax.media import audio, detectors, face_detector, track, video
 
@@ -223,25 +223,37 @@ def _check_split(split: str, where: str) -> str:
 
 
 def _glob_base(pattern: str) -> str:
-  parts = pattern.split(os.sep)
+  """The fixed leading directories of a glob pattern ('gs://b/videos/**/*.mp4' -> 'gs://b/videos')."""
+  sep = "/" if fs.is_remote(pattern) else os.sep
+  parts = pattern.split(sep)
   fixed = []
   for part in parts:
     if _GLOB_CHARS.search(part):
       break
     fixed.append(part)
-  base = os.sep.join(fixed)
-  return base if fixed and len(fixed) < len(parts) else os.path.dirname(pattern)
+  base = sep.join(fixed)
+  return base if fixed and len(fixed) < len(parts) else pattern.rsplit(sep, 1)[0] if sep in pattern else ""
+
+
+def _relative(path: str, base: str) -> str:
+  if not base:
+    return path
+  if fs.is_remote(path):  # URLs: plain prefix arithmetic (os.path would collapse the '//')
+    return path[len(base.rstrip("/")) + 1 :] if path.startswith(base.rstrip("/") + "/") else path
+  return os.path.relpath(path, base)
 
 
 def tasks_from_glob(pattern: str, split: str | None = None) -> list[ClipTask]:
-  """Videos matching `pattern` ('DIR/**/*.mp4'). clip_id = path below the glob's fixed prefix, without the
-  extension. split = `split` if given, else the first directory named train/val/test/pretrain in that
-  relative path, else 'train'."""
+  """Videos matching `pattern` ('DIR/**/*.mp4', or gs://bucket/DIR/**/*.mp4: lipsync_jax.fs.glob). clip_id
+  = path below the glob's fixed prefix, without the extension. split = `split` if given, else the first
+  directory named train/val/test/pretrain in that relative path, else 'train'."""
   base = _glob_base(pattern)
-  paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+  # Local matches are checked to be files; a remote listing returns objects (a "directory" that matched
+  # would fail to decode and be skipped as unreadable), and one request per path would be slow.
+  paths = [p for p in fs.glob(pattern) if fs.is_remote(p) or os.path.isfile(p)]
   tasks = []
   for path in paths:
-    rel = os.path.relpath(path, base) if base else path
+    rel = _relative(path, base)
     clip_id = os.path.splitext(rel)[0].replace(os.sep, "/")
     clip_split = split
     if clip_split is None:
@@ -253,10 +265,10 @@ def tasks_from_glob(pattern: str, split: str | None = None) -> list[ClipTask]:
 
 def tasks_from_filelist(filelist: str, data_root: str, ext: str = ".mp4") -> list[ClipTask]:
   """LRS2 layout: each line 'speaker/clip' (extra tokens ignored) -> data_root/speaker/clip.mp4;
-  split = the filelist's stem (train.txt -> 'train')."""
+  split = the filelist's stem (train.txt -> 'train'). Either may be local or gs:// (lipsync_jax.fs)."""
   split = _check_split(os.path.splitext(os.path.basename(filelist))[0], f"filelist {filelist}")
   tasks = []
-  with open(filelist) as f:
+  with fs.open(filelist) as f:
     for line in f:
       fields = line.split()
       if not fields:
@@ -287,7 +299,7 @@ def list_tasks(
     filelist = [
       os.path.join(data_root, f"{name}.txt")
       for name in LRS2_FILELISTS
-      if os.path.isfile(os.path.join(data_root, f"{name}.txt"))
+      if fs.isfile(os.path.join(data_root, f"{name}.txt"))
     ]
     if not filelist:
       raise ValueError(
@@ -296,7 +308,7 @@ def list_tasks(
       )
   tasks = []
   for name in filelist:
-    if not os.path.isfile(name):
+    if not fs.isfile(name):
       raise ValueError(f"filelist {name!r} not found")
     tasks.extend(tasks_from_filelist(name, data_root))
   return tasks
@@ -329,9 +341,9 @@ def dedupe(tasks: Sequence[ClipTask]) -> tuple[list[ClipTask], list[dict]]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _read_mel(task: ClipTask, report: video.DecodeReport | None = None) -> tuple[np.ndarray, int]:
+def _read_mel(task: ClipTask, path: str, report: video.DecodeReport | None = None) -> tuple[np.ndarray, int]:
   try:
-    wav = video.read_audio(task.path, sr=audio.AUDIO_HPARAMS.sample_rate, report=report)
+    wav = video.read_audio(path, sr=audio.AUDIO_HPARAMS.sample_rate, report=report)
   except video.VideoError as e:
     raise SkipClip("no_audio" if "no audio stream" in str(e) else "unreadable", str(e)) from e
   if not np.all(np.isfinite(wav)):
@@ -356,10 +368,24 @@ def _damage_entry(report: video.DecodeReport) -> dict:
 def process_clip(
   task: ClipTask, config: PreprocessConfig, detector: face_detector.FaceDetector | None = None
 ) -> tuple[records.Clip, dict]:
-  """One video -> (records.Clip, stats). Raises SkipClip with a reason for unusable input."""
-  detector = detector or config.make_detector()
+  """One video -> (records.Clip, stats). Raises SkipClip with a reason for unusable input.
+
+  A remote video (gs://...) is decoded from a local copy (lipsync_jax.fs.local_copy: the decoders need a
+  file; the copy is deleted afterwards); the record's `source` stays the path given."""
+  with contextlib.ExitStack() as stack:
+    try:
+      path = stack.enter_context(fs.local_copy(task.path))
+    except OSError as e:  # a missing or unreadable object: skipped as unreadable, as a bad local file is
+      raise SkipClip("unreadable", f"could not read {task.path}: {type(e).__name__}: {e}") from e
+    return _process_local_clip(task, path, config, detector or config.make_detector())
+
+
+def _process_local_clip(
+  task: ClipTask, path: str, config: PreprocessConfig, detector: face_detector.FaceDetector
+) -> tuple[records.Clip, dict]:
+  """process_clip on the local file `path` holding task's video."""
   try:
-    info = video.probe(task.path)
+    info = video.probe(path)
   except video.VideoError as e:
     raise SkipClip("unreadable", str(e)) from e
   if not info.has_video:
@@ -376,11 +402,12 @@ def process_clip(
 
   # Damaged packets are skipped (the clip is kept) and counted into these; see lipsync_jax.media.video.
   audio_damage, video_damage = video.DecodeReport(), video.DecodeReport()
-  mel, num_samples = _read_mel(task, audio_damage)  # cheap checks first: no face detection for clips we drop
+  # Cheap checks first: no face detection for clips we drop.
+  mel, num_samples = _read_mel(task, path, audio_damage)
 
   def frames_at_25(report: video.DecodeReport):
     try:
-      yield from video.iter_frames(task.path, fps=float(windows.FPS), report=report)
+      yield from video.iter_frames(path, fps=float(windows.FPS), report=report)
     except video.VideoError as e:
       raise SkipClip("unreadable", str(e)) from e
 

@@ -1,8 +1,9 @@
 """dataset_info.json: what a shards directory holds and how it was made.
 
-Owns the file's content (`build`), reading it (`read`), writing it atomically (`write`), and the
-settings-compatibility rule (`check_compatible`): shards of one directory must share img_size, frame format,
-fps and audio hparams. Shared by the Beam job (data_pipelines.preprocess) and the demo corpus builder
+Owns the file's content (`build`), reading it (`read`), writing it atomically (`write`;
+`write_text_atomically` also writes the shard index), the settings-compatibility rule (`check_compatible`):
+shards of one directory must share img_size, frame format, fps and audio hparams, and how a run's clips are
+laid out in shards (`shards_per_split`, `assign_shards`). Shared by the Beam job (data_pipelines.preprocess) and the demo corpus builder
 (lipsync_jax.data.demo), so both write the same content. Paths go through lipsync_jax.fs (gs:// works).
 
 Content: format_version, created_by, img_size, frame_format, fps, audio (hparams), mel_steps_per_second,
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 
 from lipsync_jax import fs, windows
 from lipsync_jax.data import records
-from lipsync_jax.data.clips import PreprocessConfig
+from lipsync_jax.data.clips import ClipTask, PreprocessConfig
 from lipsync_jax.media import audio
 
 INFO_FILE = "dataset_info.json"
@@ -192,3 +193,16 @@ def shards_per_split(
     s: int(num_shards) if num_shards else max(1, -(-int(n) // int(clips_per_shard)))
     for s, n in sorted(tasks_per_split.items())
   }
+
+
+def assign_shards(tasks: Sequence[ClipTask], shards_per_split: dict[str, int]) -> list[int]:
+  """The shard of each task (same order): within its split, the task's rank r among the split's N tasks
+  sorted by clip_id goes to shard r * num_shards // N. Contiguous runs of clip ids, shard sizes within one
+  of each other (before skipped clips), and a pure function of the task list: the same inputs give the same
+  shards on any runner, and the shards of a split concatenated are its clips in clip_id order."""
+  ranks: dict[tuple[str, str], int] = {}
+  counts: dict[str, int] = {}
+  for task in sorted(tasks, key=lambda t: (t.split, t.clip_id)):
+    ranks[task.split, task.clip_id] = counts.get(task.split, 0)
+    counts[task.split] = counts.get(task.split, 0) + 1
+  return [ranks[t.split, t.clip_id] * int(shards_per_split[t.split]) // counts[t.split] for t in tasks]

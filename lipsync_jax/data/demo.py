@@ -6,9 +6,10 @@ shard builder it uses (`build_shards`):
   lipsync_jax.data.synthetic.make_corpus (render the cartoon talking faces: mp4 + filelists)
   -> lipsync_jax.data.clips.process_to_record per clip (the very function the Beam job runs), in a process
      pool over the cores this process may use
-  -> lipsync_jax.data.tfrecord.write_tfrecord, records in sorted (split, clip id) order, the Beam job's
-     shard names -> lipsync_jax.data.dataset_info (the same content as the Beam job's, created_by this
-     module, last_run describing the pool).
+  -> lipsync_jax.data.tfrecord.write_tfrecord, with the Beam job's shard names and clip-to-shard rule
+     (dataset_info.assign_shards; records sorted by clip id): the same shard bytes as the Beam job
+  -> the shard index (lipsync_jax.data.shard_index, index-{split}.json) and lipsync_jax.data.dataset_info
+     (the same content as the Beam job's, created_by this module, last_run describing the pool).
 
 Later calls reuse the shards. The cache directory is $LIPSYNC_JAX_CACHE, else ~/.cache/lipsync_jax.
 Processes on one host that ask at the same time build it once (a file lock); each host with its own disk
@@ -25,7 +26,8 @@ import time
 
 import tqdm
 
-from lipsync_jax.data import clips, dataset_info, records, tfrecord
+from lipsync_jax import fs
+from lipsync_jax.data import clips, dataset_info, records, reindex, shard_index, tfrecord
 from lipsync_jax.data.clips import ClipTask, PreprocessConfig
 from lipsync_jax.fs import CACHE_ENV, cache_root
 
@@ -70,9 +72,9 @@ def build_shards(
 ) -> dict:
   """Preprocesses data_root/{train,val,test}.txt clips into out_dir without Beam; returns dataset_info.
 
-  Same records as `python -m data_pipelines.preprocess --data_root DATA_ROOT` with the same settings (the
-  same per-clip function), written in sorted (split, clip id) order: shard i of n holds the i-th of n
-  contiguous runs. Older shards in out_dir are replaced. workers: processes (default: the cores this
+  The same shards, byte for byte, as `python -m data_pipelines.preprocess --data_root DATA_ROOT` with the
+  same settings (the same per-clip function and clip-to-shard rule), plus their index files. Older shards
+  and index files in out_dir (local or gs://) are replaced. workers: processes (default: the cores this
   process may use; 1 = in this process).
   """
   start = time.time()
@@ -94,20 +96,32 @@ def build_shards(
         bar.update()
   bar.close()
   reports = [report for _, report in results] + duplicates
-  per_split: dict[str, list[bytes]] = {}
   tasks_per_split: dict[str, int] = {}
-  for task, (record, _) in zip(tasks, results):
-    per_split.setdefault(task.split, [])
+  for task in tasks:
     tasks_per_split[task.split] = tasks_per_split.get(task.split, 0) + 1
-    if record is not None:
-      per_split[task.split].append(record)
-  # As the Beam job: shards from the clips listed (skipped ones included).
+  # As the Beam job: shards from the clips listed (skipped ones included), the same clip -> shard rule.
   shards_per_split = dataset_info.shards_per_split(tasks_per_split, clips_per_shard=clips_per_shard)
-  os.makedirs(out_dir, exist_ok=True)
-  written = _write_shards(out_dir, per_split, shards_per_split)
-  for name in os.listdir(out_dir):
-    if records.SHARD_PATTERN.match(name) and name not in written:
-      os.remove(os.path.join(out_dir, name))  # a shard of an earlier build with other settings
+  shard_of = dataset_info.assign_shards(tasks, shards_per_split)
+  fs.makedirs(out_dir)
+  for name in fs.listdir(out_dir):  # an earlier build (its info first): gone before the new one lands
+    if (
+      name == dataset_info.INFO_FILE
+      or records.SHARD_PATTERN.match(name)
+      or shard_index.INDEX_PATTERN.match(name)
+    ):
+      fs.remove(os.path.join(out_dir, name))
+  for split, count in sorted(shards_per_split.items()):
+    entries = []
+    for shard in range(count):
+      name = records.shard_name(split, shard, count)
+      payloads = [  # tasks are sorted by (split, clip id): each shard's records are in clip id order
+        record
+        for task, (record, _), task_shard in zip(tasks, results, shard_of)
+        if task.split == split and task_shard == shard and record is not None
+      ]
+      offsets, lengths = tfrecord.write_tfrecord(os.path.join(out_dir, name), payloads)
+      entries.append(shard_index.make_entry(name, tfrecord.framed_size(lengths), offsets, lengths, payloads))
+    shard_index.write(out_dir, split, entries)
   elapsed = time.time() - start
   run_meta = dict(
     runner='lipsync_jax.data.demo (process pool)',
@@ -131,26 +145,13 @@ def build_shards(
   return info
 
 
-def _write_shards(
-  out_dir: str, per_split: dict[str, list[bytes]], shards_per_split: dict[str, int]
-) -> set[str]:
-  written = set()
-  for split, split_records in per_split.items():
-    count = shards_per_split[split]
-    bounds = [round(i * len(split_records) / count) for i in range(count + 1)]
-    for i in range(count):
-      name = records.shard_name(split, i, count)
-      tfrecord.write_tfrecord(os.path.join(out_dir, name), split_records[bounds[i] : bounds[i + 1]])
-      written.add(name)
-  return written
-
-
 def ensure_demo_shards(
   cache_dir: str | None = None, num_clips: int = DEFAULT_NUM_CLIPS, img_size: int = 96, seed: int = 0
 ) -> str:
   """Returns the shards dir of the demo corpus, building it (with progress bars) if it is missing."""
   raw_dir, shards_dir = demo_paths(cache_dir, num_clips, img_size, seed)
   if os.path.isfile(os.path.join(shards_dir, dataset_info.INFO_FILE)):
+    _index_older_build(shards_dir)
     return shards_dir
   os.makedirs(os.path.dirname(shards_dir), exist_ok=True)
   lock_path = os.path.join(os.path.dirname(shards_dir), '.build.lock')
@@ -158,6 +159,7 @@ def ensure_demo_shards(
     fcntl.flock(lock, fcntl.LOCK_EX)  # another process on this host may be building it right now
     try:
       if os.path.isfile(os.path.join(shards_dir, dataset_info.INFO_FILE)):
+        _index_older_build(shards_dir)
         return shards_dir
       from lipsync_jax.data import synthetic  # pylint: disable=g-import-not-at-top
 
@@ -181,3 +183,10 @@ def ensure_demo_shards(
     finally:
       fcntl.flock(lock, fcntl.LOCK_UN)
   return shards_dir
+
+
+def _index_older_build(shards_dir: str) -> None:
+  """Writes the index files a cache built before the shard index existed lacks (a local scan, < 1 s)."""
+  for split in (dataset_info.read(shards_dir) or {}).get('splits', {}):
+    if not os.path.isfile(shard_index.index_path(shards_dir, split)):
+      shard_index.write(shards_dir, split, reindex.build(shards_dir, split).shards)

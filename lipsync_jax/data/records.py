@@ -1,7 +1,8 @@
 """The TFRecord example schema: one writer and one parser, shared by preprocessing and the input pipeline.
 
 Owns: how one preprocessed clip is stored as a `tf.train.Example` (serialised with the TF-free proto that
-tensorflow-datasets ships, so reading needs no TensorFlow), and the shard naming scheme.
+tensorflow-datasets ships, so reading needs no TensorFlow), a record's summary for the shard index
+(`summarize`: clip_id, num_frames, mel_steps, fps), and the shard naming scheme.
 
 One example per clip, features:
   clip_id      bytes   e.g. "speaker/00001"
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -96,7 +98,7 @@ def serialize_clip(clip: Clip, frame_format: str = "jpeg", jpeg_quality: int = 9
   put_int("sample_rate", [clip.sample_rate])
   put_bytes("mel", [mel.tobytes()])
   put_int("mel_steps", [mel.shape[1]])
-  return example.SerializeToString()
+  return example.SerializeToString(deterministic=True)  # map entries sorted by key: same clip, same bytes
 
 
 class EncodedClip:
@@ -193,4 +195,33 @@ def parse_example(serialized: bytes) -> EncodedClip:
       sample_rate=one_int("sample_rate", 16000),
       mel=mel.reshape(windows.NUM_MELS, mel_steps),
     )
+  )
+
+
+class RecordSummary(NamedTuple):
+  """What the shard index keeps of one record (lipsync_jax.data.shard_index)."""
+
+  clip_id: str
+  num_frames: int
+  mel_steps: int
+  fps: float
+
+
+def summarize(serialized: bytes) -> RecordSummary:
+  """The index fields of a serialised clip, without decoding its frames or mel (ValueError if foreign)."""
+  example = tf_example_pb2.Example()
+  try:
+    example.ParseFromString(serialized)
+  except Exception as e:  # protobuf raises DecodeError, a subclass of Exception
+    raise ValueError(f"record is not a tf.train.Example: {e}") from e
+  feature = example.features.feature
+  missing = [k for k in ("clip_id", "num_frames", "mel_steps") if k not in feature]
+  if missing:
+    raise ValueError(f"record is not a lipsync_jax clip: missing features {missing}")
+  fps_values = feature["fps"].float_list.value if "fps" in feature else []
+  return RecordSummary(
+    clip_id=feature["clip_id"].bytes_list.value[0].decode(),
+    num_frames=int(feature["num_frames"].int64_list.value[0]),
+    mel_steps=int(feature["mel_steps"].int64_list.value[0]),
+    fps=float(fps_values[0]) if fps_values else float(windows.FPS),
   )

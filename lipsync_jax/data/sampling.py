@@ -13,7 +13,7 @@ Sampling (spec section 6; frame f's mel window starts at int(80 * f / 25), see l
              inputs = concat_channels(gt with lower half zeroed, window at b); mel = window at a;
              indiv_mels[k] = mel window of frame a + k - 1, every mel window fully inside the mel.
 
-Batches (per process; b = global_batch_size // process_count, S = img_size):
+Batches (per process; b = this process's rows of the global batch (lipsync_jax.data.pipeline), S = img_size):
   expert:    faces (b, S/2, S, 15) uint8 (lower halves, frame-major channels), mel (b, 80, 16, 1) f32,
              label (b, 1) f32
   generator: inputs (b, 5, S, S, 6) uint8, gt (b, 5, S, S, 3) uint8, indiv_mels (b, 5, 80, 16, 1) f32,
@@ -30,8 +30,11 @@ converting on the host is slower than on the device.
 Errors: a record that does not parse or whose JPEG frames do not decode fails when sampled with
 `CorruptRecordError` naming shard, record number and offset (we fail rather than skip so a corrupt shard
 never silently changes the data; the message says to re-run preprocessing). Clips too short for a window
-(<= 15 frames, or a mel that ends early) are skipped and counted: the sampler draws another clip of the
-same process slice with the same RNG (what the original loader did) and warns once per clip.
+(<= 15 frames, or a mel that ends early) never get a window: with a shard index the pipeline leaves them out
+of the global clip order up front (`window_start_range` on the index's lengths); without one
+`WindowPlanner` skips and counts them, drawing another clip of the global clip list with the same
+per-sample RNG (what the original loader did; still the same for any process count), and warns once per
+clip.
 """
 
 from __future__ import annotations
@@ -163,8 +166,9 @@ def _corrupt_record(location: str, error: Exception) -> CorruptRecordError:
 class WindowPlanner(grain.transforms.RandomMap):
   """RawClip + per-index RNG -> SamplePlan of `mode` (parse the record, draw a, b and the label).
 
-  A clip without room for a sample is skipped and counted: another clip of `fallback` (this process's
-  records) is drawn with the same RNG, so the stream stays a pure function of (seed, index).
+  A clip without room for a sample is skipped and counted: another clip of `fallback` (the global clip
+  list) is drawn with the same per-index RNG, so the stream stays a pure function of (seed, index), the
+  same in every process.
   """
 
   def __init__(self, mode: str, fallback: grain.MapDataset):
@@ -196,7 +200,7 @@ class WindowPlanner(grain.transforms.RandomMap):
         self._warned.add(clip.clip_id)
         logging.warning(
           "input_pipeline: skipping clip %s (%s): %d frames / %d mel steps leave no %s window "
-          "(%d skipped draws so far in this process)",
+          "(%d skipped draws so far in this process; write a shard index to drop such clips up front)",
           clip.clip_id,
           element.location,
           clip.num_frames,

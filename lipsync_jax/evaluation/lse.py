@@ -240,14 +240,23 @@ def load_lse_inputs(
   JPEG round trip (CliJpegRoundTrip) before the resize, as the published numbers; with face_crop the 224
   crops go through it, as syncnet_python's scoring step re-reads its cropped face-track video (its XVID
   encode of that video is not reproduced). protocol="direct": no round trip, not comparable to published
-  numbers.
+  numbers. `video_path` may be remote (gs://...): it is read from a temporary local copy.
   """
+  _check_protocol(protocol)
+  video_path = os.fspath(video_path)
+  if not fs.isfile(video_path):
+    raise EvaluationError(f"video {video_path!r} not found")
+  with fs.local_copy(video_path) as local:  # decoders read local files (a gs:// video: a temporary copy)
+    return _load_local_lse_inputs(local, video_path, face_crop, detector, protocol)
+
+
+def _load_local_lse_inputs(
+  local: str, video_path: str, face_crop: bool, detector: Any, protocol: str
+) -> tuple[np.ndarray, np.ndarray]:
+  """load_lse_inputs on the local file `local`; messages name `video_path` (the user's path)."""
   from lipsync_jax.media import video
 
-  _check_protocol(protocol)
-  if not os.path.isfile(video_path):
-    raise EvaluationError(f"video {video_path!r} not found")
-  info = video.probe(video_path)
+  info = video.probe(local)
   if not info.has_audio:
     raise EvaluationError(f"video {video_path!r} has no audio track; LSE needs the speech audio")
   if abs(info.fps - FPS) > 0.01:
@@ -256,14 +265,12 @@ def load_lse_inputs(
     # Pass 1 detects (streamed), pass 2 crops: a long video is never held at full resolution. THE face
     # track, but with no pads: syncnet_python crops around the raw detector boxes (its own 2.8x square,
     # syncnet_face_crop), not around Wav2Lip's padded ones; fill + 5-frame smoothing as everywhere.
-    raw, cuts = detect_with_cuts(video.iter_frames(video_path, fps=FPS), detector)
+    raw, cuts = detect_with_cuts(video.iter_frames(local, fps=FPS), detector)
     try:
       boxes, _ = tracked_boxes(raw, info.width, info.height, pads=NO_PADS, cuts=cuts)
     except EvaluationError as e:
       raise EvaluationError(f"video {video_path!r}: {e} (--face_crop)") from e
-    crops = (
-      syncnet_face_crop(frame, box) for frame, box in zip(video.iter_frames(video_path, fps=FPS), boxes)
-    )
+    crops = (syncnet_face_crop(frame, box) for frame, box in zip(video.iter_frames(local, fps=FPS), boxes))
     if protocol == "reference":
       crops = map(CliJpegRoundTrip(FPS).bgr, crops)
     frames = list(crops)
@@ -272,13 +279,13 @@ def load_lse_inputs(
     # measured 30 % faster than one after the other (640x360 and 1280x720 clips, 2 busy cores).
     jpeg = CliJpegRoundTrip(FPS)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      futures = [pool.submit(_imread_224, jpeg.jpeg(frame)) for frame in decoded_frames(video_path, FPS)]
+      futures = [pool.submit(_imread_224, jpeg.jpeg(frame)) for frame in decoded_frames(local, FPS)]
       frames = [future.result() for future in futures]
   else:
-    frames = [cv2.resize(f, (LIP_SIZE, LIP_SIZE)) for f in video.iter_frames(video_path, fps=FPS)]
+    frames = [cv2.resize(f, (LIP_SIZE, LIP_SIZE)) for f in video.iter_frames(local, fps=FPS)]
   if not frames:
     raise EvaluationError(f"video {video_path!r} has no decodable video frames")
-  wav = video.read_audio(video_path, sr=16000)
+  wav = video.read_audio(local, sr=16000)
   return np.stack(frames), wav
 
 

@@ -2,7 +2,8 @@
 
 Owns the mouth region (the lower half of the face box), `mouth_psnr_ssim(generated, reference, boxes)`
 on frames in memory (scikit-image, data_range 255, colour) and `recon_videos(generated, reference, ...)`
-for two video files (boxes by the face track on the reference, or the original's --box).
+for two video files, local or remote (gs://...; lipsync_jax.fs) (boxes by the face track on the reference, or the
+original's --box).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lipsync_jax import fs
 from lipsync_jax.evaluation.faces import EvaluationError, face_boxes
 from lipsync_jax.media import detectors, track
 
@@ -52,11 +54,14 @@ def recon_videos(
   """mouth_psnr_ssim of two videos, frame by frame (the shorter one's length)."""
   from lipsync_jax.media import video
 
+  generated_path, reference_path = os.fspath(generated_path), os.fspath(reference_path)
   for p in (generated_path, reference_path):
-    if not os.path.isfile(p):
+    if not fs.isfile(p):
       raise EvaluationError(f"video {p!r} not found")
-  gen = list(video.iter_frames(generated_path))
-  ref = list(video.iter_frames(reference_path))
+  with fs.local_copy(generated_path) as local:  # decoders read local files (gs://: a temporary copy)
+    gen = list(video.iter_frames(local))
+  with fs.local_copy(reference_path) as local:
+    ref = list(video.iter_frames(local))
   n = min(len(gen), len(ref))
   if n == 0:
     raise EvaluationError(f"no frames in {generated_path!r} or {reference_path!r}")

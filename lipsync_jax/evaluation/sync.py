@@ -10,6 +10,7 @@ the per-window sync probability is cos(audio_v, face_v) at offset 0.
     .scores(face_crops, mel, fps)                -> sync_from_embeddings(...)   (in-memory clips)
   sync_video(video_path, expert_path, ...)       the CLI's work: frames (native rate), face track, crops
   plot_sync(result, out_png)
+Paths may be remote (gs://...; lipsync_jax.fs): videos are read from temporary local copies.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lipsync_jax import windows
+from lipsync_jax import fs, windows
 from lipsync_jax.evaluation import offsets
 from lipsync_jax.evaluation.faces import EvaluationError, face_boxes
 from lipsync_jax.inference.runner import BatchRunner
@@ -104,10 +105,13 @@ def sync_video(
   from lipsync_jax.media import audio, video
 
   variables, meta = weights.load(expert_path, "syncnet")
-  if not os.path.isfile(video_path):
+  video_path = os.fspath(video_path)
+  if not fs.isfile(video_path):
     raise EvaluationError(f"video {video_path!r} not found")
-  info = video.probe(video_path)
-  frames = list(video.iter_frames(video_path))
+  with fs.local_copy(video_path) as local:  # decoders read local files (a gs:// video: a temporary copy)
+    info = video.probe(local)
+    frames = list(video.iter_frames(local))
+    wav = video.read_audio(local, sr=16000)
   if not frames:
     raise EvaluationError(f"video {video_path!r}: no decodable frame")
   if box_tblr is not None:
@@ -116,7 +120,7 @@ def sync_video(
   else:
     boxes, missing = face_boxes(frames, detector)
   crops = np.stack([track.crop_and_resize(f, tuple(b), meta["img_size"]) for f, b in zip(frames, boxes)])
-  mel = audio.melspectrogram(video.read_audio(video_path, sr=16000))
+  mel = audio.melspectrogram(wav)
   result = ExpertSync(jax.tree.map(np.asarray, variables), meta, batch_size).scores(crops, mel, info.fps)
   result.update(video=video_path, frames_without_face=missing, fps=info.fps)
   return result
@@ -146,5 +150,6 @@ def plot_sync(result: dict, out_png: str) -> None:
     title=f"offset {result['offset']}, confidence {result['confidence']:.3f}",
   )
   fig.tight_layout()
-  fig.savefig(out_png, dpi=100)
+  with fs.staged_output(out_png) as local:  # written locally, moved (uploaded) into place when complete
+    fig.savefig(local, dpi=100)
   plt.close(fig)

@@ -1,8 +1,9 @@
 """The FACE input of inference and the background threads around it.
 
 Owns:
-  * `FaceFrames(path, static, fps, resize_factor, rotate, crop)`: a video (decoded at its own frame rate)
-    or a still image, with the original inference's resize_factor / rotate / crop applied to every frame.
+  * `FaceFrames(path, static, fps, resize_factor, rotate, crop, name)`: a video (decoded at its own frame
+    rate) or a still image (a local file: `lipsync_jax.fs.local_copy` of a remote one, `name` the user's
+    path for messages), with the original inference's resize_factor / rotate / crop applied to every frame.
   * `background(iterator_fn, maxsize, name)`: runs an iterator in a daemon thread (decoding overlaps the
     rest); `BackgroundWriter`: VideoWriter.write in a thread (encoding overlaps generation).
   * `StageTimer`: busy seconds per stage, each stage timed in the thread that runs it.
@@ -133,11 +134,14 @@ class FaceFrames:
     resize_factor: int = 1,
     rotate: bool = False,
     crop: Sequence[int] = (0, -1, 0, -1),
+    name: str | None = None,
   ) -> None:
     path = os.fspath(path)
+    name = name or path  # what messages call it: the user's path when `path` is a local copy of it
     if not os.path.isfile(path):
-      raise InferenceError(f"--face {path!r} does not exist; pass a video or an image")
+      raise InferenceError(f"--face {name!r} does not exist; pass a video or an image")
     self.path, self.resize_factor, self.rotate, self.crop = path, int(resize_factor), bool(rotate), crop
+    self.name = name
     if self.resize_factor < 1:
       raise InferenceError(f"--resize_factor must be >= 1, got {resize_factor}")
     self.is_image = path.lower().endswith(IMAGE_EXTENSIONS)
@@ -145,19 +149,19 @@ class FaceFrames:
     if self.is_image:
       image = cv2.imread(path, cv2.IMREAD_COLOR)
       if image is None:
-        raise InferenceError(f"--face {path!r}: cannot read the image (corrupt or unsupported format)")
+        raise InferenceError(f"--face {name!r}: cannot read the image (corrupt or unsupported format)")
       self._image = self.process(image)
       self.fps = float(fps)
     else:
       info = video.probe(path)
       if not getattr(info, "has_video", True) or info.width == 0:
-        raise InferenceError(f"--face {path!r} has no video stream")
+        raise InferenceError(f"--face {name!r} has no video stream")
       self.fps = float(info.fps) if info.fps > 0 else float(fps)
       self._image = None
     self.passes = 0  # decoding passes over the video: only the first warns about damage
     first = self._image if self._image is not None else next(iter(self._decode(quiet=True)), None)
     if first is None:
-      raise InferenceError(f"--face {path!r}: no decodable frame")
+      raise InferenceError(f"--face {name!r}: no decodable frame")
     self.height, self.width = first.shape[:2]
 
   def process(self, frame: np.ndarray) -> np.ndarray:

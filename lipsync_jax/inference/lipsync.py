@@ -3,6 +3,8 @@
 Owns `lipsync(face, audio, variables, out, meta=None, **options) -> stats dict` (the options are the
 original inference.py's; `python -m lipsync_jax.infer` is its CLI), the mel chunk of every output frame
 (`mel_chunk_starts`) and `Generator` (the Wav2Lip forward on uint8 face crops, on the shared BatchRunner).
+FACE, AUDIO and OUT may be remote (gs://...; lipsync_jax.fs): inputs are read from temporary local copies, the
+output is encoded to a local file and moved (uploaded) to OUT only when the whole run succeeded.
 
 Pipeline, streamed in chunks so memory stays flat for long videos:
   decode (background thread) -> resize_factor / rotate / crop -> face detection per chunk of 32 frames
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import functools
 import os
 import time
@@ -41,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lipsync_jax import windows
+from lipsync_jax import fs, windows
 from lipsync_jax.inference import runner as runner_lib
 from lipsync_jax.inference.frames import BackgroundWriter, FaceFrames, InferenceError, StageTimer, background
 from lipsync_jax.media import detectors, track
@@ -210,120 +213,131 @@ def lipsync(
   meta = dict(meta or {})
   timer = StageTimer()
   wall_start = time.perf_counter()
-  if not os.path.isfile(os.fspath(audio)):
+  face, audio, out = os.fspath(face), os.fspath(audio), os.fspath(out)
+  if not fs.isfile(audio):
     raise InferenceError(f"--audio {audio!r} does not exist; pass a wav/mp3 or any file with an audio track")
+  if not fs.isfile(face):
+    raise InferenceError(f"--face {face!r} does not exist; pass a video or an image")
   if no_face not in track.NO_FACE_POLICIES:
     raise InferenceError(f"--no_face must be one of {track.NO_FACE_POLICIES}, got {no_face!r}")
-  source = FaceFrames(face, static=static, fps=fps, resize_factor=resize_factor, rotate=rotate, crop=crop)
-  with timer("audio"):
-    wav = video.read_audio(audio, sr=16000)
-
-  def melspectrogram() -> np.ndarray:
-    with timer("mel"):
-      from lipsync_jax.media import audio as audio_lib
-
-      return audio_lib.melspectrogram(wav, source=os.fspath(audio))
-
-  # The mel (its imports, scipy.signal and librosa's lazy parts, are ~1.5 s in a fresh process) runs in a
-  # thread while the generator compiles (XLA's compile does not hold the GIL). The shapes compiled ahead
-  # come from the mel's length as the sample count gives it; the frames themselves from the mel's own.
-  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mel") as pool:
-    mel_future = pool.submit(melspectrogram)
-    with timer("compile"):
-      expected_steps = 1 + len(wav) * windows.MEL_STEPS_PER_SECOND // 16000  # center=True framing
-      num_out = len(mel_chunk_starts(expected_steps, source.fps))  # too short: an error before compiling
-      if generator is None:
-        generator = Generator(variables, meta, int(batch_size), compute_dtype, fold_bn)
-      generator.compile(num_out)
-    mel = mel_future.result()
-  starts = mel_chunk_starts(mel.shape[1], source.fps)
-  num_out = len(starts)
-  img_size = generator.img_size
-  fixed = None
-  if box is not None and box[0] != -1:
-    try:
-      fixed = track.box_from_tblr(box, source.width, source.height)
-    except ValueError as e:
-      raise InferenceError(f"--box: {e}") from e
-  det, face_track = None, None
-  if fixed is None:
-    det = detectors.get_detector(detector) if isinstance(detector, str) else detector
-    window = 1 if nosmooth else track.DEFAULT_SMOOTH_WINDOW
-    face_track = track.FaceTrack(
-      source.width, source.height, pads=pads, smooth_window=window, no_face=no_face
+  # Decoders and the encoder need local files: a remote (gs://) input is copied to a temporary file, and the
+  # output is written locally, then moved (uploaded) to `out` only when everything succeeded.
+  with contextlib.ExitStack() as files:
+    with timer("download"):
+      face_file = files.enter_context(fs.local_copy(face))
+      audio_file = face_file if audio == face else files.enter_context(fs.local_copy(audio))
+    out_file = files.enter_context(fs.staged_output(out))
+    source = FaceFrames(
+      face_file, static=static, fps=fps, resize_factor=resize_factor, rotate=rotate, crop=crop, name=face
     )
-  stored_boxes: list = []
-  cache: list | None = []
-  frame_bytes = source.width * source.height * 3
+    with timer("audio"):
+      wav = video.read_audio(audio_file, sr=16000)
 
-  def looped_frames():
-    """(frame, box) for output frames 0, 1, ...: the first pass, then loops over the stored boxes."""
-    nonlocal cache
-    for frame, fbox in _first_pass(source, det, face_track, fixed, DETECT_CHUNK, timer, stored_boxes):
-      if cache is not None:
-        if (len(cache) + 1) * frame_bytes <= cache_bytes:
-          cache.append(frame.copy())  # pristine: `frame` is pasted into in place
-        else:
-          cache = None
-      yield frame, fbox
-    if not stored_boxes:
-      raise InferenceError(f"--face {face!r}: no frames decoded")
-    while True:
-      frames = iter(cache) if cache is not None else source.frames(timer)
-      for frame, fbox in zip(frames, stored_boxes):
-        yield (frame.copy() if cache is not None else frame), fbox
+    def melspectrogram() -> np.ndarray:
+      with timer("mel"):
+        from lipsync_jax.media import audio as audio_lib
 
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  batches = 0
-  bar = tqdm(total=num_out, desc="lipsync", unit="frame", disable=not progress)
-  with video.VideoWriter(out, source.fps, source.width, source.height) as writer:
-    encoder = BackgroundWriter(writer, timer)
-    try:
-      frames_iter = looped_frames()
-      for batch_start in range(0, num_out, generator.batch_size):
-        items = [next(frames_iter) for _ in range(min(generator.batch_size, num_out - batch_start))]
-        todo = [j for j, (_, fbox) in enumerate(items) if fbox is not None]
-        if todo:
-          with timer("prep"):
-            crops = np.stack([track.crop_and_resize(items[j][0], items[j][1], img_size) for j in todo])
-            mels = np.stack(
-              [mel[:, starts[batch_start + j] : starts[batch_start + j] + windows.MEL_STEPS] for j in todo]
-            )
-          with timer("generator"):
-            generated = generator(mels, crops)
-          batches += 1
-          with timer("paste"):
-            for j, pred in zip(todo, generated):
-              frame, (x1, y1, x2, y2) = items[j]
-              frame[y1:y2, x1:x2] = cv2.resize(pred, (x2 - x1, y2 - y1))
-        for frame, _ in items:
-          encoder.write(frame)
-        bar.update(len(items))
-      frames_iter.close()
-    finally:
-      encoder.finish()
-      bar.close()
-    if face_track is not None and face_track.frames_with_face == 0:
-      raise InferenceError(
-        f"--face {face!r}: no face detected in any frame; pass --box top bottom left right"
+        return audio_lib.melspectrogram(wav, source=os.fspath(audio))
+
+    # The mel (its imports, scipy.signal and librosa's lazy parts, are ~1.5 s in a fresh process) runs in a
+    # thread while the generator compiles (XLA's compile does not hold the GIL). The shapes compiled ahead
+    # come from the mel's length as the sample count gives it; the frames themselves from the mel's own.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mel") as pool:
+      mel_future = pool.submit(melspectrogram)
+      with timer("compile"):
+        expected_steps = 1 + len(wav) * windows.MEL_STEPS_PER_SECOND // 16000  # center=True framing
+        num_out = len(mel_chunk_starts(expected_steps, source.fps))  # too short: an error before compiling
+        if generator is None:
+          generator = Generator(variables, meta, int(batch_size), compute_dtype, fold_bn)
+        generator.compile(num_out)
+      mel = mel_future.result()
+    starts = mel_chunk_starts(mel.shape[1], source.fps)
+    num_out = len(starts)
+    img_size = generator.img_size
+    fixed = None
+    if box is not None and box[0] != -1:
+      try:
+        fixed = track.box_from_tblr(box, source.width, source.height)
+      except ValueError as e:
+        raise InferenceError(f"--box: {e}") from e
+    det, face_track = None, None
+    if fixed is None:
+      det = detectors.get_detector(detector) if isinstance(detector, str) else detector
+      window = 1 if nosmooth else track.DEFAULT_SMOOTH_WINDOW
+      face_track = track.FaceTrack(
+        source.width, source.height, pads=pads, smooth_window=window, no_face=no_face
       )
-    with timer("mux"):
-      writer.close(audio=wav, sample_rate=16000)
-  wall = time.perf_counter() - wall_start
-  return {
-    "out": os.fspath(out),
-    "frames": num_out,
-    "fps": source.fps,
-    "width": source.width,
-    "height": source.height,
-    "source_frames": len(stored_boxes),
-    "batches": batches,
-    "batch_size": generator.batch_size,
-    "compiles": generator.trace_count,
-    "bn_folded": generator.bn_folded,
-    # With a fixed box nothing is detected: an untouched track's counts (all zero).
-    **(face_track or track.FaceTrack(source.width, source.height)).stats(),
-    "timings_s": dict(timer.seconds),
-    "wall_s": wall,
-    "frames_per_s": num_out / wall,
-  }
+    stored_boxes: list = []
+    cache: list | None = []
+    frame_bytes = source.width * source.height * 3
+
+    def looped_frames():
+      """(frame, box) for output frames 0, 1, ...: the first pass, then loops over the stored boxes."""
+      nonlocal cache
+      for frame, fbox in _first_pass(source, det, face_track, fixed, DETECT_CHUNK, timer, stored_boxes):
+        if cache is not None:
+          if (len(cache) + 1) * frame_bytes <= cache_bytes:
+            cache.append(frame.copy())  # pristine: `frame` is pasted into in place
+          else:
+            cache = None
+        yield frame, fbox
+      if not stored_boxes:
+        raise InferenceError(f"--face {face!r}: no frames decoded")
+      while True:
+        frames = iter(cache) if cache is not None else source.frames(timer)
+        for frame, fbox in zip(frames, stored_boxes):
+          yield (frame.copy() if cache is not None else frame), fbox
+
+    batches = 0
+    bar = tqdm(total=num_out, desc="lipsync", unit="frame", disable=not progress)
+    with video.VideoWriter(out_file, source.fps, source.width, source.height) as writer:
+      encoder = BackgroundWriter(writer, timer)
+      try:
+        frames_iter = looped_frames()
+        for batch_start in range(0, num_out, generator.batch_size):
+          items = [next(frames_iter) for _ in range(min(generator.batch_size, num_out - batch_start))]
+          todo = [j for j, (_, fbox) in enumerate(items) if fbox is not None]
+          if todo:
+            with timer("prep"):
+              crops = np.stack([track.crop_and_resize(items[j][0], items[j][1], img_size) for j in todo])
+              mels = np.stack(
+                [mel[:, starts[batch_start + j] : starts[batch_start + j] + windows.MEL_STEPS] for j in todo]
+              )
+            with timer("generator"):
+              generated = generator(mels, crops)
+            batches += 1
+            with timer("paste"):
+              for j, pred in zip(todo, generated):
+                frame, (x1, y1, x2, y2) = items[j]
+                frame[y1:y2, x1:x2] = cv2.resize(pred, (x2 - x1, y2 - y1))
+          for frame, _ in items:
+            encoder.write(frame)
+          bar.update(len(items))
+        frames_iter.close()
+      finally:
+        encoder.finish()
+        bar.close()
+      if face_track is not None and face_track.frames_with_face == 0:
+        raise InferenceError(
+          f"--face {face!r}: no face detected in any frame; pass --box top bottom left right"
+        )
+      with timer("mux"):
+        writer.close(audio=wav, sample_rate=16000)
+    wall = time.perf_counter() - wall_start
+    return {
+      "out": out,
+      "frames": num_out,
+      "fps": source.fps,
+      "width": source.width,
+      "height": source.height,
+      "source_frames": len(stored_boxes),
+      "batches": batches,
+      "batch_size": generator.batch_size,
+      "compiles": generator.trace_count,
+      "bn_folded": generator.bn_folded,
+      # With a fixed box nothing is detected: an untouched track's counts (all zero).
+      **(face_track or track.FaceTrack(source.width, source.height)).stats(),
+      "timings_s": dict(timer.seconds),
+      "wall_s": wall,
+      "frames_per_s": num_out / wall,
+    }

@@ -1,9 +1,13 @@
 """The training loop for every stage (expert, generator, gan): one function that reads top to bottom.
 
-Owns `train_and_evaluate(config, workdir)`, in sections: mesh -> data (this process's slice; the held-out
-batches streamed) -> state (init or resume) -> frozen expert -> jitted steps -> loop (train step, log,
-eval + the stage's schedule step, checkpoint, preemption). Also `Hooks` (probes for tests and benchmarks),
+Owns `train_and_evaluate(config, workdir)`, in sections: mesh -> data (this process's rows of every
+global batch, the rows the mesh puts on its devices; the held-out batches streamed) -> state (init or
+resume, the data iterator with it) -> frozen expert -> jitted steps -> loop (train step, log, eval + the
+stage's schedule step, checkpoint, preemption). Also `Hooks` (probes for tests and benchmarks),
 `TrainResult` and `load_frozen_expert`.
+
+Step s trains on global batch s - 1 of the input pipeline, a pure function of (seed, s - 1): any process
+count sees the same global batches, and a checkpoint written by N processes resumes in M.
 
 What a stage computes lives in lipsync_jax.training.stages, metrics buffering / the non-finite check /
 throughput / the progress bar in .metrics, checkpoints and preemption in .checkpointing, meshes and
@@ -28,7 +32,7 @@ from clu import metric_writers
 
 from lipsync_jax import fs, weights
 from lipsync_jax.data import pipeline
-from lipsync_jax.training import checkpointing, sharding, stages
+from lipsync_jax.training import checkpointing, sharding, stages, summaries
 from lipsync_jax.training import metrics as metrics_lib
 
 RANDOM_INIT_EXPERT = 'random-init'
@@ -126,10 +130,10 @@ def train_and_evaluate(
     with fs.open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
   result = TrainResult()
-  with contextlib.ExitStack() as cleanup:  # closed in reverse: metrics, preemption, checkpoints, writer
+  with contextlib.ExitStack() as cleanup:  # closed in reverse: metrics, preemption, checkpoints, data, writer
     # TensorBoard on the chief only; the console gets the loop's own lines (no per-scalar echo).
     writer = (
-      metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(workdir)])
+      metric_writers.AsyncMultiWriter([summaries.SummaryWriter(workdir)])
       if is_chief
       else metric_writers.MultiWriter([])
     )
@@ -138,22 +142,26 @@ def train_and_evaluate(
     # ---------------------------------------------------------------------------------------- mesh ----
     mesh = sharding.make_mesh(config.mesh)
     global_batch = int(config.data.global_batch_size)
-    local_batch = sharding.check_global_batch_size(global_batch, mesh)
-    logging.info('%s; global batch %d (%d per process)', sharding.describe(mesh), global_batch, local_batch)
+    sharding.check_global_batch_size(global_batch, mesh)
+    batch_rows = sharding.process_batch_rows(mesh, global_batch)  # what this process's devices hold
+    logging.info(
+      '%s; global batch %d (this process: rows %d..%d)', sharding.describe(mesh), global_batch, *batch_rows
+    )
 
     # ---------------------------------------------------------------------------------------- data ----
+    # The pipeline draws each global batch from one seeded global order and materialises only `batch_rows`.
     shards_dir = resolve_shards_dir(config)
-    proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
     train_iter = data.make_train_iterator(
       shards_dir,
       config.data.train_split,
       stage.data_mode,
       global_batch,
       config.seed,
+      rows=batch_rows,
       img_size=config.data.img_size,
       worker_count=config.data.worker_count,
-      **proc,
     )
+    cleanup.callback(getattr(train_iter, 'close', lambda: None))  # worker processes, prefetch threads
     eval_batches = (
       data.make_eval_batches(
         shards_dir,
@@ -162,8 +170,8 @@ def train_and_evaluate(
         global_batch,
         config.eval_batches,
         seed=config.seed,
+        rows=batch_rows,
         img_size=config.data.img_size,
-        **proc,
       )
       if config.eval_batches > 0
       else []
