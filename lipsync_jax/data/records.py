@@ -145,18 +145,23 @@ class EncodedClip:
     )
 
 
-def parse_example(serialized: bytes) -> EncodedClip:
-  """Serialised tf.train.Example bytes -> EncodedClip. Raises ValueError on a corrupt or foreign record."""
+def _features(serialized: bytes, required: tuple[str, ...]):
+  """The feature map of a serialised tf.train.Example holding `required` (ValueError if corrupt or foreign)."""
   example = tf_example_pb2.Example()
   try:
     example.ParseFromString(serialized)
   except Exception as e:  # protobuf raises DecodeError, a subclass of Exception
     raise ValueError(f"record is not a tf.train.Example: {e}") from e
   feature = example.features.feature
-  required = ("clip_id", "num_frames", "img_size", "frames", "mel", "mel_steps")
   missing = [k for k in required if k not in feature]
   if missing:
     raise ValueError(f"record is not a lipsync_jax clip: missing features {missing}")
+  return feature
+
+
+def parse_example(serialized: bytes) -> EncodedClip:
+  """Serialised tf.train.Example bytes -> EncodedClip. Raises ValueError on a corrupt or foreign record."""
+  feature = _features(serialized, ("clip_id", "num_frames", "img_size", "frames", "mel", "mel_steps"))
 
   def one_bytes(key, default=b""):
     values = feature[key].bytes_list.value if key in feature else []
@@ -209,15 +214,7 @@ class RecordSummary(NamedTuple):
 
 def summarize(serialized: bytes) -> RecordSummary:
   """The index fields of a serialised clip, without decoding its frames or mel (ValueError if foreign)."""
-  example = tf_example_pb2.Example()
-  try:
-    example.ParseFromString(serialized)
-  except Exception as e:  # protobuf raises DecodeError, a subclass of Exception
-    raise ValueError(f"record is not a tf.train.Example: {e}") from e
-  feature = example.features.feature
-  missing = [k for k in ("clip_id", "num_frames", "mel_steps") if k not in feature]
-  if missing:
-    raise ValueError(f"record is not a lipsync_jax clip: missing features {missing}")
+  feature = _features(serialized, ("clip_id", "num_frames", "mel_steps"))
   fps_values = feature["fps"].float_list.value if "fps" in feature else []
   return RecordSummary(
     clip_id=feature["clip_id"].bytes_list.value[0].decode(),
