@@ -152,9 +152,8 @@ def train_step_cost(
     if img_size == 96:
       raise
     raise ValueError(
-      f'The {stage} stage\'s networks do not run at img_size={img_size}: the Wav2Lip architectures in '
-      f'lipsync_jax.models are defined for 96x96 faces (no larger variant exists yet); use img_size=96. '
-      f'({type(err).__name__}: {err})'
+      f'The {stage} stage\'s networks do not run at img_size={img_size}: lipsync_jax.models defines them '
+      f'for face sizes 96, 192, 288 (SUPPORTED_FACE_SIZES); use one of those. ({type(err).__name__}: {err})'
     ) from err
   if not compiled:
     return {'flops': _flops(lowered.cost_analysis()), 'temp_bytes': float('nan')}

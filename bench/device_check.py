@@ -469,10 +469,6 @@ def train_item(stage_name: str, s: Settings) -> dict:
   config = stage_config(stage_name, s)
   stage = stages.get_stage(stage_name)
   img_size = int(config.data.img_size)
-  if img_size != 96:
-    raise ValueError(
-      f"config.data.img_size={img_size}: bench/train_bench.make_batch makes 96x96 batches only"
-    )
   global_batch = int(config.data.global_batch_size)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_global_batch_size(global_batch, mesh)
@@ -490,7 +486,9 @@ def train_item(stage_name: str, s: Settings) -> dict:
     expert_net = stages.expert_model(settings)
     expert_init = lambda key: expert_net.init(key, *stages.dummy_expert_inputs(settings), train=False)
     expert = jax.jit(expert_init, out_shardings=replicated)(jax.random.key(config.seed + 1))
-  batch = sharding.shard_batch(train_bench.make_batch(stage_name, global_batch), mesh)  # device-resident
+  batch = sharding.shard_batch(
+    train_bench.make_batch(stage_name, global_batch, img_size=img_size), mesh
+  )  # device-resident
   jax.block_until_ready((state, expert, batch))
   init_s = time.perf_counter() - start
 

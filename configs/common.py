@@ -34,6 +34,9 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   # 'direct' (XLA's own; GPU/TPU), 'phase' (stride-1 convs + depth-to-space; much faster on XLA:CPU),
   # 'auto' = phase on CPU, direct elsewhere. Same values either way.
   c.model.transpose_impl = 'auto'
+  # Rematerialise (nn.remat) the encoder/decoder blocks: activations are recomputed in the backward pass
+  # instead of stored (less accelerator memory at HD sizes, ~1/3 more compute). Same values either way.
+  c.model.remat = False
 
   # Data (lipsync_jax.data.pipeline). shards_dir '' = the built-in demo corpus, built into the cache dir
   # ($LIPSYNC_JAX_CACHE or ~/.cache/lipsync_jax) on first use.
@@ -45,6 +48,7 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.data.global_batch_size = 16
   c.data.worker_count = 0  # grain worker processes per host (0 = in the main process)
   c.data.demo_num_clips = 120  # size of the built-in demo corpus when shards_dir is ''
+  c.data.demo_frame_size = 0  # its rendered video side in px (0 = 160; HD variants render larger)
 
   # Optimisers (optax Adam). grad_clip 0 = off.
   c.optimizer = ml_collections.ConfigDict()
@@ -55,6 +59,16 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.optimizer.disc_b1 = 0.5
   c.optimizer.disc_b2 = 0.999
   c.optimizer.grad_clip = 0.0
+  # Learning-rate schedule of the trained network (G in the gan stage; D keeps disc_lr): 'constant' (the
+  # original) or 'cosine' (optax warm-up from 0 over warmup_steps, then cosine decay from lr to
+  # lr * lr_end_factor at decay_steps; 0 = num_train_steps). The value lives in the optimizer state.
+  c.optimizer.lr_schedule = 'constant'
+  c.optimizer.warmup_steps = 0
+  c.optimizer.decay_steps = 0
+  c.optimizer.lr_end_factor = 0.0
+  # generator / gan: the lr is multiplied by this when the sync trigger switches the sync weight on
+  # (1.0 = unchanged, the original). A traced value in the optimizer state: nothing recompiles.
+  c.optimizer.sync_lr_factor = 1.0
 
   # Losses and the sync-weight schedule (spec section 7).
   c.loss = ml_collections.ConfigDict()
@@ -62,6 +76,9 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.loss.syncnet_wt_target = 0.0
   c.loss.sync_trigger_threshold = 0.75  # eval sync loss below this switches the weight to the target
   c.loss.disc_wt = 0.0
+  # gan: the discriminator (perceptual term and D's own step) is off before this step, G trains on
+  # L1 (+ sync once triggered) as in the generator stage; 0 = on from the start (the original).
+  c.loss.disc_start_step = 0
   c.loss.expert_bn = 'batch'  # 'batch' (the original: batch statistics) | 'running'
 
   # Device mesh (lipsync_jax.training.sharding). Sizes -1 = all remaining devices. Batches are split over
@@ -157,3 +174,38 @@ def tiny_common(c: ml_collections.ConfigDict) -> None:
   schedule(c, steps=6, eval_every=3, eval_batches=2, log_every=2)
   c.sample_grid_rows = 2
   c.keep_checkpoints = 2
+
+
+HD_SIZES = (192, 288)
+
+
+def hd(c: ml_collections.ConfigDict, img_size: int) -> None:
+  """An HD face size (lipsync_jax.models: extra stride-2 stages keep the 1x1 bottleneck; docs/models.md).
+
+  The demo corpus (used when data.shards_dir is '') is rendered at 4/3 of the crop size (256 px videos for
+  192 px crops, 384 for 288) so that crops are not upscaled from the 160 px default renders.
+  """
+  if img_size not in HD_SIZES:
+    raise ValueError(f'HD img_size must be one of {HD_SIZES}, got {img_size}')
+  c.data.img_size = img_size
+  c.data.demo_frame_size = img_size * 4 // 3
+
+
+def with_hd_variants(variants: dict[str, Callable[[ml_collections.ConfigDict], None]]) -> dict:
+  """Adds `hd192`, `hd288` (and `hd192_tiny`, `hd288_tiny`, `hd192_demo`, ...) for every base variant:
+  `<base>` at that face size, `hd<size>` alone being the default variant at that size."""
+  out = dict(variants)
+  for size in HD_SIZES:
+    for base, fn in variants.items():
+      if base.startswith('hd'):  # a stage file's own HD variant: not scaled again
+        continue
+      name = f'hd{size}' if base == 'default' else f'hd{size}_{base}'
+      if name in out:  # a stage file's own HD variant wins
+        continue
+
+      def variant(c, fn=fn, size=size):
+        fn(c)
+        hd(c, size)
+
+      out[name] = variant
+  return out

@@ -42,7 +42,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--src", required=True, help="the .pth file (official format or a bare state_dict)")
   parser.add_argument("--dst", required=True, help="output directory (variables/ + lipsync_jax_meta.json)")
   parser.add_argument("--width_multiplier", type=float, default=None, help="default: inferred")
-  parser.add_argument("--img_size", type=int, default=weights.DEFAULT_IMG_SIZE)
+  parser.add_argument(
+    "--img_size",
+    type=int,
+    default=None,
+    help="face size of the network: 96, 192 or 288 (default: the one whose keys the file has)",
+  )
   parser.add_argument("--overwrite", action="store_true")
   logs.add_verbosity_flag(parser)
   args = parser.parse_args(argv)
@@ -50,13 +55,18 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if not fs.isfile(args.src):
       raise CheckpointError(f"--src {args.src}: no such file; pass an official .pth file")
-    variables, _ = weights.load(args.src, args.kind, args.width_multiplier)
+    variables, meta = weights.load(args.src, args.kind, args.width_multiplier)
+    if args.img_size and args.img_size != meta["img_size"]:
+      raise CheckpointError(
+        f"--src {args.src}: its keys are those of a {args.kind!r} network at img_size {meta['img_size']}, "
+        f"not --img_size {args.img_size}; drop --img_size or pass {meta['img_size']}"
+      )
     weights.save_variables(
       args.dst,
       variables,
       args.kind,
       overwrite=args.overwrite,
-      meta={"img_size": args.img_size, "source": fs.absolute(args.src)},
+      meta={"img_size": args.img_size or meta["img_size"], "source": fs.absolute(args.src)},
     )
   except CheckpointError as err:
     print(f"error: {err}", file=sys.stderr)

@@ -4,7 +4,9 @@
 
 FACE: a video or a still image (.jpg/.png/...). AUDIO: wav, mp3 or any container with an audio track.
 CKPT: anything `lipsync_jax.weights.load` reads: an official `.pth` (converted on the fly), a lipsync_jax
-variables directory (`lipsync_jax_meta.json`), or a training workdir (its latest generator). The options are
+variables directory (`lipsync_jax_meta.json`), or a training workdir (its latest generator); or a wav2lip
+`jax.export` artifact directory (`python -m lipsync_jax.export`, served by lipsync_jax.inference.serving;
+float32 only). The face size (96, 192, 288) is the checkpoint's. The options are
 the original inference.py's. Every path (FACE, AUDIO, CKPT, OUT, --stats_json, --detector_weights) may be
 a gs://... URL (lipsync_jax.fs). Owns the flags only; the pipeline and the programmatic API
 (`lipsync_jax.inference.lipsync.lipsync`) live in `lipsync_jax.inference`. Output: a progress bar and one
@@ -16,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
 import jax.numpy as jnp
 
 from lipsync_jax import compile_cache, fs, logs, weights
-from lipsync_jax.inference import lipsync
+from lipsync_jax.inference import export, lipsync, serving
 from lipsync_jax.inference.frames import InferenceError
 from lipsync_jax.media import detectors, track
 
@@ -37,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument(
     "--checkpoint",
     required=True,
-    help="official .pth, lipsync_jax variables dir, or training workdir (latest generator)",
+    help="official .pth, lipsync_jax variables dir, training workdir (latest generator), or a wav2lip "
+    "export dir (python -m lipsync_jax.export)",
   )
   p.add_argument("--out", "--outfile", dest="out", default="results/result_voice.mp4")
   p.add_argument("--static", action="store_true", help="use only the first video frame")
@@ -90,6 +94,20 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+def _load_generator(args: argparse.Namespace) -> tuple[dict | None, dict, lipsync.Generator | None]:
+  """(variables, meta, None) from a checkpoint, or (None, export meta, ExportedGenerator) from an export dir."""
+  if not fs.isfile(os.path.join(args.checkpoint, export.META_FILE)):
+    variables, meta = weights.load(args.checkpoint, "wav2lip")
+    return variables, meta, None
+  if args.dtype != "float32":
+    raise InferenceError(
+      f"--checkpoint {args.checkpoint} is a float32 export artifact; drop --dtype {args.dtype} "
+      "(or pass the checkpoint it was exported from)"
+    )
+  served = serving.load(args.checkpoint)
+  return None, dict(served.meta), lipsync.ExportedGenerator(served, args.batch_size)
+
+
 def main(argv: list[str] | None = None) -> int:
   start = time.perf_counter()
   args = _parser().parse_args(argv)
@@ -101,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
       if not fs.exists(path):
         raise InferenceError(f"{flag} {path!r} does not exist")
     with compile_cache.count_compiles() as compiles:
-      variables, meta = weights.load(args.checkpoint, "wav2lip")
+      variables, meta, generator = _load_generator(args)
       load_s = time.perf_counter() - start
       stats = lipsync.lipsync(
         args.face,
@@ -123,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         no_face=args.no_face,
         progress=not args.no_progress,
         compute_dtype=jnp.dtype(args.dtype),
+        generator=generator,
       )
     stats.update(
       compile_cache_dir=cache_dir,

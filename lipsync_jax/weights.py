@@ -23,7 +23,9 @@ Owns:
     transposed by (3, 2, 0, 1) (Conv2d and ConvTranspose2d alike); BN scale/bias/mean/var <->
     weight/bias/running_mean/running_var. SyncNet v2: `netcnnaud_4` <-> `netcnnaud.4`, conv kernels
     (O, I, *k) -> (*k, I, O), linear weights transposed.
-  * `infer_width(kind, variables)`: the width multiplier from the widest conv's output channels.
+  * `infer_width(kind, variables)`: the width multiplier from the widest conv's output channels;
+    `infer_img_size(kind, variables)`: the square face size (96, 192, 288: `img_sizes()`) whose network has
+    exactly these variables (HD networks add stride-2 stages, so the tree itself tells the size).
   * `flatten(tree)` / `unflatten(flat)`: nested dict <-> {tuple path: leaf}.
 
 Every problem raises `CheckpointError` (a ValueError) naming the path and what to do.
@@ -31,6 +33,7 @@ Every problem raises `CheckpointError` (a ValueError) naming the path and what t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -217,15 +220,55 @@ def batch_norm_counters(flat_keys) -> list[str]:
   return sorted({k.rsplit(".", 1)[0] + ".num_batches_tracked" for k in stats_keys})
 
 
-def variables_template(kind: str, width_multiplier: float = 1.0) -> dict:
-  """Shapes (jax.ShapeDtypeStruct) of a model's variables, without allocating or compiling."""
+def variables_template(kind: str, width_multiplier: float = 1.0, img_size: int = DEFAULT_IMG_SIZE) -> dict:
+  """Shapes (jax.ShapeDtypeStruct) of a model's variables at a face size, without allocating or compiling."""
   import jax  # pylint: disable=import-outside-toplevel
 
   from lipsync_jax.models import MODELS, example_inputs  # pylint: disable=import-outside-toplevel
 
   model = MODELS[kind](width_multiplier=width_multiplier)
-  inputs = example_inputs(kind, batch=1, img_size=DEFAULT_IMG_SIZE)
+  inputs = example_inputs(kind, batch=1, img_size=int(img_size))
   return jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))
+
+
+def img_sizes() -> tuple[int, ...]:
+  """The square face sizes the Wav2Lip networks are defined for (lipsync_jax.models.layers), ascending: the
+  order in which a tree's size is looked for (96 first: the official checkpoints)."""
+  from lipsync_jax.models.layers import SUPPORTED_FACE_SIZES  # pylint: disable=import-outside-toplevel
+
+  return tuple(sorted(h for h, w in SUPPORTED_FACE_SIZES if h == w))
+
+
+def _tree_signature(flat: Mapping[tuple[str, ...], Any]) -> dict[tuple[str, ...], tuple[int, ...]]:
+  return {path: tuple(np.shape(leaf)) for path, leaf in flat.items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _template_signature(kind: str, width_multiplier: float, img_size: int) -> tuple:
+  """((path, shape), ...) of variables_template: cached, as a size search traces up to three inits."""
+  return tuple(sorted(_tree_signature(flatten(variables_template(kind, width_multiplier, img_size))).items()))
+
+
+def infer_img_size(kind: str, variables: Mapping, width_multiplier: float | None = None) -> int:
+  """The square face size (one of img_sizes()) whose `kind` network has exactly these variables (paths and
+  shapes).
+
+  The HD networks differ from the 96 one by their extra stride-2 stages (lipsync_jax.models), so the tree
+  alone tells the size; raises CheckpointError when no supported size matches.
+  """
+  check_kind(kind)
+  if kind not in WIDEST_CONV:
+    raise CheckpointError(f"a {kind!r} network has one fixed input size; there is no face size to infer")
+  width = infer_width(kind, variables) if width_multiplier is None else float(width_multiplier)
+  got = _tree_signature(flatten(variables))
+  sizes = img_sizes()
+  for size in sizes:
+    if dict(_template_signature(kind, width, size)) == got:
+      return size
+  raise CheckpointError(
+    f"these variables match no {kind!r} network of width x{width:g} at any supported face size "
+    f"{list(sizes)}; pass variables of a lipsync_jax {kind} model"
+  )
 
 
 def _to_numpy(value, key: str, source: str) -> np.ndarray:
@@ -252,7 +295,12 @@ def _guess_kind(keys) -> str | None:
 
 
 def _width_from_state_dict(kind: str, state: Mapping[str, Any]) -> float:
-  """Width multiplier from the first conv's output channels (exact for multipliers like 0.25, 0.5)."""
+  """Width multiplier as `infer_width` reads it: the widest conv's output channels (a PyTorch 4-d weight's
+  first dimension, Conv2d and ConvTranspose2d alike: our kernels' last), exact down to tiny widths;
+  syncnet_v2 from its first conv."""
+  if kind in WIDEST_CONV:
+    widths = [np.shape(v)[0] for v in state.values() if len(np.shape(v)) == 4]
+    return float(max(widths)) / WIDEST_CONV[kind] if widths else 1.0  # no kernels: the key check reports it
   module, base = FIRST_CONV[kind]
   shape = np.shape(state.get(flax_path_to_torch_key(("params", module, "conv", "kernel")), ()))
   return float(shape[0]) / base if shape else 1.0  # A bad shape is reported by the shape check.
@@ -263,11 +311,21 @@ def torch_state_dict_to_variables(
   state_dict: Mapping[str, Any],
   width_multiplier: float | None = None,
   source: str = "<state_dict>",
+  img_size: int | None = None,
 ) -> dict:
   """Official state_dict (with or without 'module.' / {'state_dict'} wrapper) -> Flax variables (numpy).
 
   kind: 'syncnet' | 'wav2lip' | 'disc' | 'syncnet_v2'. width_multiplier: default inferred from the shapes.
+  img_size: the face size the network is built for; default: the first of img_sizes() whose network has
+  exactly the file's keys (the official files: 96), else 96 (whose keys the error then names).
   """
+  return _from_torch(kind, state_dict, width_multiplier, source, img_size)[0]
+
+
+def _from_torch(
+  kind: str, state_dict: Mapping[str, Any], width_multiplier: float | None, source: str, img_size: int | None
+) -> tuple[dict, int]:
+  """torch_state_dict_to_variables' work -> (variables, the face size they were read at)."""
   check_kind(kind)
   state = strip_torch_wrapper(state_dict, source)
   guessed = _guess_kind(state.keys())
@@ -277,11 +335,10 @@ def torch_state_dict_to_variables(
       f"{KIND_SIGNATURES[guessed]!r}), not {kind!r}; pass --kind {guessed}"
     )
   if kind == "syncnet_v2":
-    return _syncnet_v2_variables(state, source)
+    return _syncnet_v2_variables(state, source), DEFAULT_IMG_SIZE
   if width_multiplier is None:
     width_multiplier = _width_from_state_dict(kind, state)
-  template = flatten(variables_template(kind, width_multiplier))
-  expected = {flax_path_to_torch_key(path): path for path in template}
+  size, template, expected = _torch_template(kind, width_multiplier, state, img_size)
   counters = set(batch_norm_counters(template))
   missing = sorted(set(expected) - set(state))
   if missing:
@@ -302,16 +359,32 @@ def torch_state_dict_to_variables(
       if value.ndim != 4:
         raise CheckpointError(f"{source}: key {key!r} has shape {value.shape}, expected a 4-d kernel")
       value = np.transpose(value, KERNEL_FROM_TORCH)
-    want = tuple(template[path].shape)
+    want = template[path]
     if value.shape != want:
       to_torch = (lambda s: tuple(s[i] for i in KERNEL_TO_TORCH)) if _is_kernel(path) else tuple
       torch_want, got = to_torch(want), to_torch(value.shape)
       raise CheckpointError(
         f"{source}: key {key!r} has shape {got}, expected {torch_want} for a {kind!r} "
-        f"model with width_multiplier={width_multiplier}"
+        f"model with width_multiplier={width_multiplier} at img_size {size}"
       )
     flat[path] = np.array(value, dtype=np.float32, order="C", copy=True)  # Never alias torch storage.
-  return unflatten(flat)
+  return unflatten(flat), size
+
+
+def _torch_template(
+  kind: str, width_multiplier: float, state: Mapping[str, Any], img_size: int | None
+) -> tuple[int, dict, dict[str, tuple[str, ...]]]:
+  """(size, {flax path: shape}, {torch key: flax path}) at img_size, or at the first of img_sizes()
+  whose keys (BatchNorm counters aside) are exactly the state dict's; at 96 when none is."""
+  found = None
+  for size in (img_size,) if img_size else img_sizes():
+    template = dict(_template_signature(kind, float(width_multiplier), size))  # {path: shape}
+    expected = {flax_path_to_torch_key(path): path for path in template}
+    if found is None:
+      found = size, template, expected
+    if set(state) - set(batch_norm_counters(template)) == set(expected):
+      return size, template, expected
+  return found
 
 
 def _syncnet_v2_variables(state: Mapping[str, Any], source: str) -> dict:
@@ -385,7 +458,10 @@ def save_variables(
   meta: dict | None = None,
   overwrite: bool = False,
 ) -> str:
-  """Writes `directory/variables` (orbax) and `directory/lipsync_jax_meta.json`; returns the directory."""
+  """Writes `directory/variables` (orbax) and `directory/lipsync_jax_meta.json`; returns the directory.
+
+  meta's width_multiplier and img_size default to what the tree tells (infer_width, infer_img_size).
+  """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
   check_kind(kind)
@@ -393,18 +469,17 @@ def save_variables(
   target = os.path.join(directory, VARIABLES_DIR)
   if fs.exists(target) and not overwrite:
     raise CheckpointError(f"{target} already exists; choose another --dst or pass overwrite=True")
-  fs.makedirs(directory)
   tree = unflatten({p: np.asarray(v) for p, v in flatten(variables).items()})
+  meta = dict(meta or {})
+  width = float(meta["width_multiplier"]) if meta.get("width_multiplier") else infer_width(kind, tree)
+  if not meta.get("img_size"):  # the tree tells its size (HD networks have extra stages)
+    meta["img_size"] = infer_img_size(kind, tree, width) if kind in WIDEST_CONV else DEFAULT_IMG_SIZE
+  full_meta = {"kind": kind, "width_multiplier": width, "source": ""}
+  full_meta.update(meta)
+  fs.makedirs(directory)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(target, tree, force=overwrite)
   checkpointer.wait_until_finished()
-  full_meta = {
-    "kind": kind,
-    "width_multiplier": infer_width(kind, tree),
-    "img_size": DEFAULT_IMG_SIZE,
-    "source": "",
-  }
-  full_meta.update(meta or {})
   with fs.open(os.path.join(directory, META_FILE), "w") as f:
     json.dump(full_meta, f, indent=2, sort_keys=True)
   return directory
@@ -472,10 +547,8 @@ def load(source: str | os.PathLike, kind: str, width_multiplier: float | None = 
   source = os.fspath(source)
   where = source_type(source)
   if where == "torch":
-    variables = torch_state_dict_to_variables(
-      kind, read_torch_state_dict(source), width_multiplier, source=source
-    )
-    meta = {"img_size": DEFAULT_IMG_SIZE}
+    variables, size = _from_torch(kind, read_torch_state_dict(source), width_multiplier, source, None)
+    meta = {"img_size": size}
   elif where == "variables":
     variables, meta = load_variables(source)
     if meta.get("kind", kind) != kind:

@@ -36,10 +36,19 @@ log = logging.getLogger(__name__)
 
 
 def demo_paths(
-  cache_dir: str | None = None, num_clips: int = DEFAULT_NUM_CLIPS, img_size: int = 96, seed: int = 0
+  cache_dir: str | None = None,
+  num_clips: int = DEFAULT_NUM_CLIPS,
+  img_size: int = 96,
+  seed: int = 0,
+  frame_size: int = 0,
 ) -> tuple[str, str]:
-  """(raw corpus dir, shards dir) of one demo corpus configuration inside the cache."""
-  base = os.path.join(cache_root(cache_dir), f'demo-{num_clips}clips-seed{seed}')
+  """(raw corpus dir, shards dir) of one demo corpus configuration inside the cache.
+
+  frame_size: the rendered video's side in pixels (0 = synthetic.FRAME_SIZE, 160: faces of ~70-90 px, right
+  for 96 px crops; HD crops want larger renders, e.g. 256 for 192 px, 384 for 288 px).
+  """
+  suffix = f'-{int(frame_size)}px' if frame_size else ''
+  base = os.path.join(cache_root(cache_dir), f'demo-{num_clips}clips-seed{seed}{suffix}')
   return os.path.join(base, 'raw'), os.path.join(base, f'shards-{img_size}px')
 
 
@@ -146,10 +155,17 @@ def build_shards(
 
 
 def ensure_demo_shards(
-  cache_dir: str | None = None, num_clips: int = DEFAULT_NUM_CLIPS, img_size: int = 96, seed: int = 0
+  cache_dir: str | None = None,
+  num_clips: int = DEFAULT_NUM_CLIPS,
+  img_size: int = 96,
+  seed: int = 0,
+  frame_size: int = 0,
 ) -> str:
-  """Returns the shards dir of the demo corpus, building it (with progress bars) if it is missing."""
-  raw_dir, shards_dir = demo_paths(cache_dir, num_clips, img_size, seed)
+  """Returns the shards dir of the demo corpus, building it (with progress bars) if it is missing.
+
+  frame_size: rendered video side (0 = synthetic.FRAME_SIZE); see `demo_paths`.
+  """
+  raw_dir, shards_dir = demo_paths(cache_dir, num_clips, img_size, seed, frame_size)
   if os.path.isfile(os.path.join(shards_dir, dataset_info.INFO_FILE)):
     _index_older_build(shards_dir)
     return shards_dir
@@ -172,7 +188,9 @@ def ensure_demo_shards(
         raw_dir,
         CACHE_ENV,
       )
-      synthetic.make_corpus(raw_dir, num_clips=num_clips, seed=seed)
+      synthetic.make_corpus(
+        raw_dir, num_clips=num_clips, seed=seed, frame_size=int(frame_size) or synthetic.FRAME_SIZE
+      )
       info = build_shards(raw_dir, shards_dir, PreprocessConfig(img_size=img_size, detector='haar'))
       log.debug(
         'demo corpus: ready in %.0f s: %d clips, %d skipped',

@@ -2,7 +2,8 @@
 
 Owns `lipsync(face, audio, variables, out, meta=None, **options) -> stats dict` (the options are the
 original inference.py's; `python -m lipsync_jax.infer` is its CLI), the mel chunk of every output frame
-(`mel_chunk_starts`) and `Generator` (the Wav2Lip forward on uint8 face crops, on the shared BatchRunner).
+(`mel_chunk_starts`), `Generator` (the Wav2Lip forward on uint8 face crops, on the shared BatchRunner) and
+`ExportedGenerator` (the same on a served jax.export artifact, lipsync_jax.inference.serving).
 FACE, AUDIO and OUT may be remote (gs://...; lipsync_jax.fs): inputs are read from temporary local copies, the
 output is encoded to a local file and moved (uploaded) to OUT only when the whole run succeeded.
 
@@ -124,15 +125,53 @@ class Generator:
   def _apply(self, variables, mels: jax.Array, crops: jax.Array) -> jax.Array:
     if self._fold is not None:
       variables = self._fold(variables)
-    faces = crops.astype(jnp.float32) / 255.0
-    inputs = jnp.concatenate([windows.mask_lower_half(faces), faces], axis=-1)
-    out = self.model.apply(variables, mels[..., None], inputs, train=False)
-    return (jnp.clip(out.astype(jnp.float32), 0.0, 1.0) * 255.0).astype(jnp.uint8)
+    return _uint8_forward(
+      lambda mel, faces: self.model.apply(variables, mel, faces, train=False), mels, crops
+    )
 
   def __call__(self, mels: np.ndarray, crops: np.ndarray) -> np.ndarray:
     if len(crops) == 0:
       return np.zeros((0, self.img_size, self.img_size, 3), np.uint8)
     return self.runner.run(np.asarray(mels, np.float32), np.asarray(crops, np.uint8))
+
+
+def _uint8_forward(forward, mels: jax.Array, crops: jax.Array) -> jax.Array:
+  """uint8 BGR crops (k,S,S,3) + mels (k,80,16) -> forward(mel (k,80,16,1), [masked | reference] in [0,1])
+  -> uint8 frames (k,S,S,3): the generator's input / output layout, one place for both generators."""
+  faces = crops.astype(jnp.float32) / 255.0
+  inputs = jnp.concatenate([windows.mask_lower_half(faces), faces], axis=-1)
+  out = forward(mels[..., None], inputs)
+  return (jnp.clip(out.astype(jnp.float32), 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+
+class ExportedGenerator(Generator):
+  """The Generator interface on a served jax.export artifact (lipsync_jax.inference.serving.ServedModel).
+
+  The artifact is float32 with BatchNorm already folded; a symbolic-batch artifact runs in the usual buckets,
+  a fixed-batch one in its own batch size only.
+  """
+
+  # Generator's __init__ builds a Flax model from variables; here the artifact is the model.
+  def __init__(self, served, batch_size: int, buckets: Sequence[int] | None = None):  # pylint: disable=super-init-not-called
+    if served.meta.get("kind") != "wav2lip":
+      raise InferenceError(
+        f"the exported artifact holds a {served.meta.get('kind')!r} model; lip-syncing needs a wav2lip "
+        "export (python -m lipsync_jax.export --kind wav2lip)"
+      )
+    self.img_size = served.img_size
+    self.bn_folded = bool(served.meta.get("bn_folded", True))
+    fixed = str(served.meta.get("batch", "symbolic")) != "symbolic"
+    if fixed:  # the artifact's batch dimension is fixed: every call runs (padded) at that size
+      batch_size = int(served.meta["batch"])
+      buckets = (batch_size,)
+    buckets = runner_lib.bucket_sizes(batch_size) if buckets is None else buckets
+    call = served.exported.call
+    self.runner = runner_lib.BatchRunner(
+      lambda params, mels, crops: _uint8_forward(functools.partial(call, params), mels, crops),
+      served.params,
+      batch_size,
+      buckets=buckets,
+    )
 
 
 def _first_pass(

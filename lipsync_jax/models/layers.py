@@ -19,6 +19,12 @@ Owns:
   * `ConvLeaky`: Conv2d (bias) -> LeakyReLU(0.01).
   * `Conv`: plain Conv2d with bias and PyTorch's default initialisation.
   * `scaled_channels(c, width_multiplier)`: the channel rule shared by all networks.
+  * Layer plans (the architecture as a function of the face size): `LayerSpec` (one layer: module name, op,
+    channels at width 1, kernel, stride, padding, residual, output_padding, output map size), `face_size`
+    (an img_size -> (H, W), checked against `SUPPORTED_FACE_SIZES`), `conv_out` / `conv_transpose_out`
+    (map arithmetic), `prefix_strides` (the stride-2 prefix stages an HD input needs) and
+    `annotate` (output map sizes of a plan). The per-network plans live in syncnet / wav2lip / disc.
+  * `REMAT_BLOCKS`: the per-layer modules wrapped in `nn.remat` (`remat=True` on the networks).
 
 Train/eval: modules take `train: bool`. With train=True BatchNorm uses batch statistics and updates the
 running statistics when the 'batch_stats' collection is mutable (`apply(..., mutable=['batch_stats'])`);
@@ -38,6 +44,7 @@ transposed by the same (2, 3, 1, 0)).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -449,3 +456,110 @@ def l2_normalize(x, eps: float = 1e-12):
   """F.normalize(x, dim=-1) as x * rsqrt(max(sum(x^2), eps^2)): finite gradient at x = 0. float32."""
   x = x.astype(jnp.float32)
   return x * lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps * eps))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layer plans: the architecture as a function of the face size.
+# ----------------------------------------------------------------------------------------------------------
+
+# Face sizes (H, W) every network is defined for: 96 is the original; each HD size adds stride-2 prefix
+# stages in front of the original tables (see docs/models.md). Non-square 192x288 (HxW) needs one halving
+# of the rows and two of the columns: the prefix stages then have stride (2, 2) and (1, 2).
+SUPPORTED_FACE_SIZES = ((96, 96), (192, 192), (288, 288), (192, 288))
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+  """One layer of a plan. `channels` at width 1 (modules scale them); `out_size` is the output (H, W).
+
+  op: 'conv' (ConvBN / ConvLeaky), 'convT' (ConvTBN), 'plain' (a Conv with bias only).
+  """
+
+  name: str
+  op: str
+  channels: int
+  kernel: tuple[int, int]
+  stride: tuple[int, int]
+  padding: tuple[int, int]
+  residual: bool = False
+  output_padding: tuple[int, int] = (0, 0)
+  out_size: tuple[int, int] = (0, 0)
+
+
+def face_size(img_size: PairOrInt) -> tuple[int, int]:
+  """An img_size (int side or (H, W)) -> (H, W); ValueError unless the networks are defined for it."""
+  size = pair(img_size)
+  if size not in SUPPORTED_FACE_SIZES:
+    names = ", ".join(f"{h}" if h == w else f"{h}x{w} (HxW)" for h, w in SUPPORTED_FACE_SIZES)
+    raise ValueError(
+      f"face size {size[0]}x{size[1]} (img_size={img_size!r}) is not supported by the Wav2Lip networks; "
+      f"supported sizes: {names}. Preprocess the faces at one of them (--img_size)."
+    )
+  return size
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+  """Output length of a convolution along one axis (PyTorch Conv2d)."""
+  return (size + 2 * padding - kernel) // stride + 1
+
+
+def conv_transpose_out(size: int, kernel: int, stride: int, padding: int, output_padding: int = 0) -> int:
+  """Output length of a transposed convolution along one axis (PyTorch ConvTranspose2d)."""
+  return (size - 1) * stride - 2 * padding + kernel + output_padding
+
+
+def prefix_strides(size: tuple[int, int], limit: tuple[int, int]) -> list[tuple[int, int]]:
+  """Strides of the k3/p1 prefix stages that halve each axis of `size` until it is <= its `limit`.
+
+  One stage per halving of the axis that needs the most; an axis already small enough gets stride 1.
+  [] for the original 96 input, [(2, 2)] at 192, [(2, 2), (2, 2)] at 288, [(2, 2), (1, 2)] at 192x288.
+  """
+  strides, (h, w) = [], size
+  while h > limit[0] or w > limit[1]:
+    stride = (2 if h > limit[0] else 1, 2 if w > limit[1] else 1)
+    h, w = conv_out(h, 3, stride[0], 1), conv_out(w, 3, stride[1], 1)
+    strides.append(stride)
+  return strides
+
+
+def spec(
+  name: str, channels: int, kernel: PairOrInt, stride: PairOrInt, padding: PairOrInt, **fields
+) -> LayerSpec:
+  """A LayerSpec (op 'conv' unless given) from a (channels, kernel, stride, padding) row of a table."""
+  fields.setdefault("op", "conv")
+  kernel, stride, padding = pair(kernel), pair(stride), pair(padding)
+  return LayerSpec(name, channels=channels, kernel=kernel, stride=stride, padding=padding, **fields)
+
+
+def annotate(layers: Sequence[LayerSpec], size: tuple[int, int]) -> list[LayerSpec]:
+  """`layers` with their `out_size` filled in, for an input map of `size` (H, W)."""
+  out = []
+  for layer in layers:
+    if layer.op == "convT":
+      size = tuple(
+        conv_transpose_out(n, k, s, p, o)
+        for n, k, s, p, o in zip(size, layer.kernel, layer.stride, layer.padding, layer.output_padding)
+      )
+    else:
+      size = tuple(
+        conv_out(n, k, s, p) for n, k, s, p in zip(size, layer.kernel, layer.stride, layer.padding)
+      )
+    if min(size) < 1:
+      raise ValueError(f"layer {layer.name} has an empty output map {size}")
+    out.append(dataclasses.replace(layer, out_size=size))
+  return out
+
+
+# `remat=True` on the networks wraps every conv layer (the per-block modules, so the parameter tree keeps
+# its names) in `nn.remat`: only each layer's input is kept for the backward pass and the conv + BatchNorm
+# + activation are recomputed. `train` (argument 2 counting self) is static: it selects Python branches.
+REMAT_BLOCKS = {
+  ConvBN: nn.remat(ConvBN, static_argnums=(2,)),
+  ConvTBN: nn.remat(ConvTBN, static_argnums=(2,)),
+  ConvLeaky: nn.remat(ConvLeaky),
+}
+
+
+def block_class(cls: type[nn.Module], remat: bool) -> type[nn.Module]:
+  """`cls` itself, or its `nn.remat` version (call it with `train` positional: it is a static argument)."""
+  return REMAT_BLOCKS[cls] if remat else cls

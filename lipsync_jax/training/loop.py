@@ -71,7 +71,11 @@ def resolve_shards_dir(config: ml_collections.ConfigDict) -> str:
     return str(config.data.shards_dir)
   from lipsync_jax.data import demo  # pylint: disable=import-outside-toplevel  (builds videos: heavy)
 
-  return demo.ensure_demo_shards(num_clips=config.data.demo_num_clips, img_size=config.data.img_size)
+  return demo.ensure_demo_shards(
+    num_clips=config.data.demo_num_clips,
+    img_size=config.data.img_size,
+    frame_size=config.data.demo_frame_size,
+  )
 
 
 def load_frozen_expert(config: ml_collections.ConfigDict) -> tuple[Any, str]:

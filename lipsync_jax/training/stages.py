@@ -45,6 +45,7 @@ from lipsync_jax import weights, windows
 from lipsync_jax.training import losses
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+LR_SCHEDULES = ('constant', 'cosine')
 # config.loss.expert_bn -> the `train` flag of the frozen expert's forward pass.
 EXPERT_BN_MODES = {'batch': True, 'running': False}
 Metrics = dict[str, jax.Array]
@@ -70,10 +71,18 @@ class StageSettings:
   disc_b1: float
   disc_b2: float
   grad_clip: float
+  # The learning-rate schedule (config.optimizer.lr_schedule / warmup_steps / decay_steps / lr_end_factor);
+  # the value itself lives in the optimizer state (optax.inject_hyperparams), see `_adam`.
+  lr_schedule: str
+  warmup_steps: int
+  decay_steps: int
+  lr_end_factor: float
   disc_wt: float
+  disc_start_step: int  # gan: the discriminator (its loss term and its own step) is off before this step
   expert_bn: str
   # Transposed convs (Wav2Lip's decoder, and every strided conv's input gradient): 'direct'|'phase'|'auto'
   transpose_impl: str
+  remat: bool = False  # nn.remat on the networks' blocks (config.model.remat)
 
   @classmethod
   def from_config(cls, config, stage: str) -> StageSettings:
@@ -93,6 +102,17 @@ class StageSettings:
     if img_size % 2:
       raise ValueError(f'config.data.img_size={img_size} must be even (the expert sees the lower half).')
     expert_width = float(model.expert_width_multiplier)
+    lr_schedule = str(opt.lr_schedule)
+    if lr_schedule not in LR_SCHEDULES:
+      raise ValueError(
+        f'config.optimizer.lr_schedule={lr_schedule!r} is not supported; use one of {LR_SCHEDULES}.'
+      )
+    decay_steps = int(opt.decay_steps) or int(config.num_train_steps)
+    if lr_schedule == 'cosine' and decay_steps <= int(opt.warmup_steps):
+      raise ValueError(
+        f'config.optimizer.decay_steps={decay_steps} (0 = num_train_steps) must exceed '
+        f'config.optimizer.warmup_steps={int(opt.warmup_steps)} for the cosine schedule.'
+      )
     return cls(
       stage=stage,
       img_size=img_size,
@@ -106,9 +126,15 @@ class StageSettings:
       disc_b1=float(opt.disc_b1),
       disc_b2=float(opt.disc_b2),
       grad_clip=float(opt.grad_clip),
+      lr_schedule=lr_schedule,
+      warmup_steps=int(opt.warmup_steps),
+      decay_steps=decay_steps,
+      lr_end_factor=float(opt.lr_end_factor),
       disc_wt=float(loss.disc_wt),
+      disc_start_step=int(loss.disc_start_step),
       expert_bn=expert_bn,
       transpose_impl=str(model.transpose_impl),
+      remat=bool(model.remat),
     )
 
   @property
@@ -151,13 +177,17 @@ def generator_model(settings: StageSettings) -> nn.Module:
     width_multiplier=settings.width_multiplier,
     compute_dtype=settings.dtype,
     transpose_impl=settings.transpose_impl,
+    remat=settings.remat,
   )
 
 
 def expert_model(settings: StageSettings, width: float | None = None) -> nn.Module:
   width = settings.width_multiplier if width is None else width
   return _models().SyncNet(
-    width_multiplier=width, compute_dtype=settings.dtype, transpose_impl=settings.transpose_impl
+    width_multiplier=width,
+    compute_dtype=settings.dtype,
+    transpose_impl=settings.transpose_impl,
+    remat=settings.remat,
   )
 
 
@@ -166,20 +196,52 @@ def disc_model(settings: StageSettings) -> nn.Module:
     width_multiplier=settings.width_multiplier,
     compute_dtype=settings.dtype,
     transpose_impl=settings.transpose_impl,
+    remat=settings.remat,
   )
 
 
-def _adam(lr: float, b1: float, b2: float, grad_clip: float) -> optax.GradientTransformation:
-  adam = optax.adam(lr, b1=b1, b2=b2)
-  return optax.chain(optax.clip_by_global_norm(grad_clip), adam) if grad_clip > 0 else adam
+def lr_schedule(settings: StageSettings) -> optax.Schedule | float:
+  """The trained network's learning rate: a constant (the original) or optax's warm-up + cosine decay
+  from settings.lr to lr * lr_end_factor over decay_steps (a function of the optimizer's step count)."""
+  if settings.lr_schedule == 'constant':
+    return settings.lr
+  return optax.warmup_cosine_decay_schedule(
+    init_value=0.0 if settings.warmup_steps else settings.lr,
+    peak_value=settings.lr,
+    warmup_steps=settings.warmup_steps,
+    decay_steps=settings.decay_steps,
+    end_value=settings.lr * settings.lr_end_factor,
+  )
+
+
+def _adam(lr: optax.Schedule | float, b1: float, b2: float, grad_clip: float) -> optax.GradientTransformation:
+  """Adam (after global-norm clipping when grad_clip > 0) at lr x lr_scale, both in the optimizer state.
+
+  optax.inject_hyperparams keeps the current learning rate (a schedule's value at the step count) and
+  `lr_scale` (1.0; set by `sync_schedule` when the sync term enters) as traced arrays in the state:
+  changing them never recompiles the step. The state tree is InjectStatefulHyperparamsState (checkpoints
+  written before these schedules held plain Adam state and do not restore into it).
+  """
+
+  def scaled_adam(learning_rate, lr_scale):
+    adam = optax.adam(learning_rate * lr_scale, b1=b1, b2=b2)
+    return optax.chain(optax.clip_by_global_norm(grad_clip), adam) if grad_clip > 0 else adam
+
+  return optax.inject_hyperparams(scaled_adam)(learning_rate=lr, lr_scale=1.0)
 
 
 def optimizer(settings: StageSettings) -> optax.GradientTransformation:
-  return _adam(settings.lr, settings.b1, settings.b2, settings.grad_clip)
+  return _adam(lr_schedule(settings), settings.b1, settings.b2, settings.grad_clip)
 
 
 def disc_optimizer(settings: StageSettings) -> optax.GradientTransformation:
   return _adam(settings.disc_lr, settings.disc_b1, settings.disc_b2, settings.grad_clip)
+
+
+def current_lr(opt_state) -> jax.Array:
+  """The learning rate the last update used (`_adam`'s state): learning_rate x lr_scale, float32."""
+  hp = opt_state.hyperparams
+  return _f32(hp['learning_rate']) * _f32(hp['lr_scale'])
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -362,7 +424,8 @@ def expert_train_step(state: TrainState, batch, expert_variables=None) -> tuple[
 
   (loss, (batch_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = _apply_gradients(state, grads, batch_stats)
-  return new_state, {'loss': loss, 'acc': acc, 'grad_norm': optax.tree.norm(grads)}
+  metrics = {'loss': loss, 'acc': acc, 'grad_norm': optax.tree.norm(grads)}
+  return new_state, {**metrics, 'lr': current_lr(new_state.opt_state)}
 
 
 def expert_eval_step(state: TrainState, batch, expert_variables=None) -> Metrics:
@@ -418,9 +481,11 @@ def generator_losses(
   sync_wt,
   disc_params=None,
   train: bool = True,
+  disc_on=1.0,
 ):
   """Weighted generator loss and its parts (also the function the tests differentiate).
 
+  disc_on (traced 0/1, gan only) scales the perceptual weight: 0 before config.loss.disc_start_step.
   Returns (loss, (parts dict, new batch_stats, generated (B, 5, S, S, 3))).
   """
   stage = settings.stage
@@ -439,7 +504,7 @@ def generator_losses(
     sync = sync_loss(settings, expert_variables, mel, generated)
   parts = {'l1': losses.l1(generated, gt), 'sync': sync}
   if disc_params is not None:
-    disc_wt = _f32(settings.disc_wt)
+    disc_wt = _f32(settings.disc_wt) * _f32(disc_on)
     fake_logits = _disc_logits(settings, jax.lax.stop_gradient(disc_params), _fold_time(generated))
     parts['perceptual'] = losses.bce_with_logits(fake_logits, 1.0)
     loss = w * parts['sync'] + disc_wt * parts['perceptual'] + (1.0 - w - disc_wt) * parts['l1']
@@ -448,7 +513,7 @@ def generator_losses(
   return loss, (parts, new_stats, generated)
 
 
-def _generator_update(state: TrainState, batch, expert_variables, with_disc: bool):
+def _generator_update(state: TrainState, batch, expert_variables, with_disc: bool, disc_on=1.0):
   settings = state.settings
   grad_fn = jax.value_and_grad(generator_losses, argnums=1, has_aux=True)
   (loss, (parts, batch_stats, generated)), grads = grad_fn(
@@ -460,9 +525,11 @@ def _generator_update(state: TrainState, batch, expert_variables, with_disc: boo
     state.sync_wt,
     state.disc_params if with_disc else None,
     True,
+    disc_on,
   )
   new_state = _apply_gradients(state, grads, batch_stats)
   metrics = {'loss': loss, **parts, 'grad_norm': optax.tree.norm(grads), 'sync_wt': state.sync_wt}
+  metrics['lr'] = current_lr(new_state.opt_state)
   return new_state, metrics, generated
 
 
@@ -480,9 +547,26 @@ def _disc_losses(settings: StageSettings, disc_params, real: jax.Array, fake: ja
 
 
 def gan_train_step(state: TrainState, batch, expert_variables) -> tuple[TrainState, Metrics]:
-  """G step (L1 + sync + perceptual), then the D step on real vs the same (detached) generated frames."""
+  """G step (L1 + sync + perceptual), then the D step on real vs the same (detached) generated frames.
+
+  Before step settings.disc_start_step (config.loss.disc_start_step; 0 = from the start, the original) the
+  discriminator is off: its perceptual weight is 0 (G trains on w * sync + (1 - w) * L1, as the generator
+  stage does), D's params and Adam state keep their values, and the D metrics read 0. The switch is a
+  traced 0/1 from the traced step, so it does not recompile. (The D step is computed and discarded while
+  off: a lax.cond over the two whole steps ran ~4x slower on XLA:CPU than the full GAN step.)
+  """
   settings = state.settings
-  state, metrics, generated = _generator_update(state, batch, expert_variables, with_disc=True)
+  if settings.disc_start_step <= 0:
+    return _gan_step(state, batch, expert_variables, None)
+  on = state.step >= settings.disc_start_step
+  return _gan_step(state, batch, expert_variables, on)
+
+
+def _gan_step(state: TrainState, batch, expert_variables, on) -> tuple[TrainState, Metrics]:
+  """One GAN step; `on` None (always on) or a traced bool: whether D and its perceptual term count."""
+  settings = state.settings
+  disc_on = 1.0 if on is None else on.astype(jnp.float32)
+  state, metrics, generated = _generator_update(state, batch, expert_variables, True, disc_on)
   real = to_float_image(batch['gt'])
   (disc_loss, disc_parts), disc_grads = jax.value_and_grad(_disc_losses, argnums=1, has_aux=True)(
     settings, state.disc_params, real, generated
@@ -490,10 +574,15 @@ def gan_train_step(state: TrainState, batch, expert_variables) -> tuple[TrainSta
   updates, disc_opt_state = disc_optimizer(settings).update(
     disc_grads, state.disc_opt_state, state.disc_params
   )
-  state = state.replace(
-    disc_params=optax.apply_updates(state.disc_params, updates), disc_opt_state=disc_opt_state
-  )
+  disc_params = optax.apply_updates(state.disc_params, updates)
   metrics.update(disc_parts, disc_loss=disc_loss, disc_grad_norm=optax.tree.norm(disc_grads))
+  if on is not None:
+    keep = lambda new, old: jnp.where(on, new, old)  # noqa: E731
+    disc_params = jax.tree.map(keep, disc_params, state.disc_params)
+    disc_opt_state = jax.tree.map(keep, disc_opt_state, state.disc_opt_state)
+    for key in ('perceptual', 'disc_real', 'disc_fake', 'disc_loss', 'disc_grad_norm'):
+      metrics[key] = metrics[key] * disc_on
+  state = state.replace(disc_params=disc_params, disc_opt_state=disc_opt_state)
   return state, metrics
 
 
@@ -564,12 +653,20 @@ def sync_schedule(state: TrainState, eval_metrics, config) -> tuple[TrainState, 
   current = float(np.asarray(jax.device_get(state.sync_wt)))
   if 'sync' not in eval_metrics:
     return state, {'sync_wt': current}
-  target = float(config.loss.syncnet_wt_target)
+  target = float(np.float32(config.loss.syncnet_wt_target))  # as stored: 0.03 != float32(0.03) in Python
   eval_sync = float(np.asarray(eval_metrics['sync']))
   if eval_sync < float(config.loss.sync_trigger_threshold) and current != target:
     # An op on the old value keeps its sharding and its committed-ness (jit's cache key includes both;
     # a fresh device_put would be committed and cost one recompile when the state was not).
-    return state.replace(sync_wt=jnp.zeros_like(state.sync_wt) + np.float32(target)), {'sync_wt': target}
+    state = state.replace(sync_wt=jnp.zeros_like(state.sync_wt) + np.float32(target))
+    factor = float(config.optimizer.sync_lr_factor)
+    if factor != 1.0:  # the lr drops with the sync term: lr_scale in the optimizer state, traced
+      hp = dict(state.opt_state.hyperparams)
+      hp['lr_scale'] = hp['lr_scale'] * float(
+        factor
+      )  # a Python float keeps the aval (weak type too): no recompile
+      state = state.replace(opt_state=state.opt_state._replace(hyperparams=hp))
+    return state, {'sync_wt': target}
   return state, {'sync_wt': current}
 
 
@@ -580,13 +677,20 @@ def no_schedule(state: TrainState, eval_metrics, config) -> tuple[TrainState, di
 
 
 def lr_scalars(config) -> dict[str, float]:
-  """The learning rate, written next to the train metrics at log steps (the generator stages report the
-  sync weight as a metric of every step)."""
+  """The configured learning rate as a constant scalar (for stages whose step does not report its lr)."""
   return {'lr': float(config.optimizer.lr)}
 
 
+def no_scalars(config) -> dict[str, float]:
+  """Nothing constant to add: the trained network's learning rate (schedule x lr_scale, read off the
+  optimizer state) is a metric of every step (train/lr), as the generator stages' sync weight is."""
+  del config
+  return {}
+
+
 def gan_scalars(config) -> dict[str, float]:
-  return {'lr': float(config.optimizer.lr), 'disc_lr': float(config.optimizer.disc_lr)}
+  """The discriminator's (constant) learning rate, written next to the train metrics at log steps."""
+  return {'disc_lr': float(config.optimizer.disc_lr)}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -623,7 +727,7 @@ STAGES: dict[str, Stage] = {
     expert_train_step,
     expert_eval_step,
     expert_sample_grid,
-    lr_scalars,
+    no_scalars,
     no_schedule,
   ),
   'generator': Stage(
@@ -634,7 +738,7 @@ STAGES: dict[str, Stage] = {
     generator_train_step,
     generator_eval_step,
     generator_sample_grid,
-    lr_scalars,
+    no_scalars,
     sync_schedule,
   ),
   'gan': Stage(
