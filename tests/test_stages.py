@@ -133,12 +133,12 @@ def generator_run(expert_variables):
   expert_before = [np.array(x) for x in jax.tree_util.tree_leaves(expert_variables)]
   run = Run('generator', config, generator_batch(), expert_variables)
   run.l1_phase = run.run(15)
-  # From here the original's lr 1e-4 (lr_scale 0.1 in the optimizer state, as sync_lr_factor sets it: a
-  # traced value, no retrace; Adam's moments carry over). At 1e-3 the sync-only loss of this tiny random
+  # From here the original's lr 1e-4 (lr_scale 0.1 in the optimizer state, as sync_lr_factor sets it;
+  # Adam's moments carry over). At 1e-3 the sync-only loss of this tiny random
   # setup oscillates and whether it ends lower depends on float rounding (seen: 0.87 -> 0.85 with one XLA
   # flag set, 0.86 -> 0.59 without); at 1e-4 it fell to 0.36-0.55x of its start in every variant tried.
   hp = dict(run.state.opt_state.hyperparams)
-  hp['lr_scale'] = hp['lr_scale'] * 0.1  # a Python float keeps the aval: no recompile
+  hp['lr_scale'] = hp['lr_scale'] * 0.1
   run.state = run.state.replace(opt_state=run.state.opt_state._replace(hyperparams=hp))
   run.l1_phase += run.run(1)
   run.compiled_before_switch = run.step._cache_size()  # pylint: disable=protected-access
