@@ -91,6 +91,11 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1
   c.mesh.dcn_data = 1
   c.mesh.param_sharding = 'replicated'  # 'replicated' | 'fsdp'
+  # True: the train/eval steps run per device (shard_map) and every sum across devices is a fixed-order
+  # butterfly (lipsync_jax.replicas): bit-identical runs on 1 process x 4 devices and 2 processes x 2 (same
+  # device count, any process layout). Costs log2(devices) gradient-sized exchanges instead of one
+  # all-reduce; needs param_sharding='replicated'. False: GSPMD all-reduces (float-equal up to the order).
+  c.mesh.deterministic = False
 
   # The frozen sync expert the generator stages need: a lipsync_jax variables dir
   # (lipsync_jax.weights.save_variables), an expert training workdir, or an official .pth.

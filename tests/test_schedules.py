@@ -107,6 +107,9 @@ def test_sync_trigger_drops_the_lr_once_without_recompiling():
   batch = generator_batch()
 
   new, metrics = step(state, batch, expert)
+  # jit wrappers of the same function share one cache (other test files may have added entries): count
+  # this test's compiles as the growth after its first call.
+  compiled = step._cache_size()
   assert float(metrics['lr']) == pytest.approx(1e-3)
   # Adam's first update is lr * g / (|g| + eps): the largest parameter change is the lr itself.
   assert max_change(new.params, state.params) == pytest.approx(1e-3, rel=0.02)
@@ -122,7 +125,7 @@ def test_sync_trigger_drops_the_lr_once_without_recompiling():
   new, metrics = step(state, batch, expert)
   assert float(metrics['lr']) == pytest.approx(1e-4) and float(metrics['sync']) > 0
   assert max_change(new.params, state.params) == pytest.approx(1e-4, rel=0.02)
-  assert step._cache_size() == 1
+  assert step._cache_size() == compiled
 
 
 def test_gan_discriminator_switches_on_at_disc_start_step_without_recompiling():
@@ -136,8 +139,10 @@ def test_gan_discriminator_switches_on_at_disc_start_step_without_recompiling():
   step = jax.jit(stage.train_step)
   batch = generator_batch()
   disc0, params0 = state.disc_params, state.params
+  compiled = None
   for _ in range(2):  # state.step 0 and 1: D off, G on L1 only
     state, metrics = step(state, batch, expert)
+    compiled = compiled or step._cache_size()  # see the test above
     assert float(metrics['disc_loss']) == 0.0 and float(metrics['perceptual']) == 0.0
   assert max_change(state.disc_params, disc0) == 0.0 and max_change(state.params, params0) > 0
   # While D is off the G loss is the generator stage's (w = 0: L1 alone).
@@ -145,7 +150,7 @@ def test_gan_discriminator_switches_on_at_disc_start_step_without_recompiling():
   state, metrics = step(state, batch, expert)  # state.step 2: D on
   assert float(metrics['disc_loss']) > 0 and float(metrics['perceptual']) > 0
   assert max_change(state.disc_params, disc0) > 0
-  assert int(state.step) == 3 and step._cache_size() == 1
+  assert int(state.step) == 3 and step._cache_size() == compiled
 
 
 def _load_stage_config(name: str, variant: str):

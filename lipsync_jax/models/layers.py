@@ -30,6 +30,9 @@ Train/eval: modules take `train: bool`. With train=True BatchNorm uses batch sta
 running statistics when the 'batch_stats' collection is mutable (`apply(..., mutable=['batch_stats'])`);
 when it is not mutable (e.g. a frozen expert evaluated with batch statistics) the update is skipped.
 Under jax.jit with the batch sharded over devices, the batch mean is global (GSPMD), no axis_name needed.
+Under a per-device step (`config.mesh.deterministic`, jax.shard_map) the moments and the backward's two
+reductions are combined over devices by `lipsync_jax.replicas` in a fixed order (sync BatchNorm: the same
+global-batch statistics); outside one, those calls are the identity.
 
 Inference-only variant: `fold_bn=True` replaces conv + BatchNorm by one conv whose bias absorbs the
 (running) statistics; see `lipsync_jax.models.fold_batch_norm`.
@@ -54,6 +57,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from lipsync_jax import replicas
 
 Dtype = Any
 PairOrInt = int | Sequence[int]
@@ -125,7 +130,7 @@ class BatchNorm(nn.Module):
       if self.is_mutable_collection("batch_stats") and not self.is_initializing():
         # The same reductions as inside batch_norm_train (XLA merges them); no gradient flows here.
         mean, var = _batch_moments(lax.stop_gradient(x))
-        count = math.prod(x.shape[a] for a in reduce_axes)
+        count = math.prod(x.shape[a] for a in reduce_axes) * replicas.count()
         unbiased = var * (count / max(count - 1, 1))
         ra_mean.value = (1.0 - BN_MOMENTUM) * ra_mean.value + BN_MOMENTUM * mean
         ra_var.value = (1.0 - BN_MOMENTUM) * ra_var.value + BN_MOMENTUM * unbiased
@@ -138,11 +143,14 @@ class BatchNorm(nn.Module):
 
 
 def _batch_moments(x):
-  """Mean and biased variance over all axes but the last, in float32, two-pass (exact like PyTorch)."""
+  """Mean and biased variance over all axes but the last, in float32, two-pass (exact like PyTorch).
+
+  Per device (replicas.count() > 1) these are the global batch's: the mean of the equal-sized per-device
+  means, then of the per-device mean squared deviations from that global mean."""
   axes = tuple(range(x.ndim - 1))
   x32 = x.astype(jnp.float32)
-  mean = jnp.mean(x32, axis=axes)
-  var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+  mean = replicas.pmean(jnp.mean(x32, axis=axes))
+  var = replicas.pmean(jnp.mean(jnp.square(x32 - mean), axis=axes))
   return mean, var
 
 
@@ -172,7 +180,10 @@ def _batch_norm_bwd(residuals, g):
   x_hat = (x.astype(jnp.float32) - mean) * inv_std
   grad_bias = jnp.sum(g, axis=axes)
   grad_scale = jnp.sum(g * x_hat, axis=axes)
-  grad_x = (scale * inv_std) * (g - (grad_bias + x_hat * grad_scale) / count)
+  # dx needs the global batch's sums (per device: summed over replicas); the parameter gradients stay this
+  # device's share (the step sums those over replicas with the other gradients).
+  total_bias, total_scale = replicas.psum((grad_bias, grad_scale))
+  grad_x = (scale * inv_std) * (g - (total_bias + x_hat * total_scale) / (count * replicas.count()))
   return grad_x.astype(x.dtype), grad_scale, grad_bias
 
 

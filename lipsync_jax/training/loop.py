@@ -233,10 +233,18 @@ def train_and_evaluate(
     # ---------------------------------------------------------------------------------- jitted steps ----
     replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     step_in = (state_shardings, batch_sharding, replicated)
-    train_step = jax.jit(
-      stage.train_step, in_shardings=step_in, out_shardings=(state_shardings, replicated), donate_argnums=(0,)
+    per_device = (  # config.mesh.deterministic: fixed-order sums over devices (lipsync_jax.replicas)
+      (lambda fn: sharding.fixed_order_step(fn, mesh, config.mesh.param_sharding))
+      if config.mesh.deterministic
+      else (lambda fn: fn)
     )
-    eval_step = jax.jit(stage.eval_step, in_shardings=step_in, out_shardings=replicated)
+    train_step = jax.jit(
+      per_device(stage.train_step),
+      in_shardings=step_in,
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=(0,),
+    )
+    eval_step = jax.jit(per_device(stage.eval_step), in_shardings=step_in, out_shardings=replicated)
     sample_grid = jax.jit(stage.sample_grid, in_shardings=step_in, out_shardings=replicated)
 
     def evaluate(state, step: int):

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -43,6 +43,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from lipsync_jax import replicas
 
 MESH_AXES = ('data', 'fsdp')
 BATCH_AXES = ('data', 'fsdp')  # the leading (batch) dimension is split over both axes
@@ -178,6 +180,31 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def num_batch_shards(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def fixed_order_step(step_fn: Callable[..., Any], mesh: Mesh, param_sharding: str = 'replicated'):
+  """`step_fn(state, batch, expert_variables)` run per device (config.mesh.deterministic): jax.shard_map
+  over the batch axes, the state and the expert replicated, each device on its own rows, and every sum
+  across devices the fixed-order one of lipsync_jax.replicas (bit-identical results on any process layout
+  of the same device count). The outputs (new state, metrics) are replicated: every device computed the
+  same bits. Jit the result as the plain step (same in/out shardings)."""
+  if param_sharding != 'replicated':
+    raise ValueError(
+      f'config.mesh.deterministic=True runs the step per device on a replicated state; '
+      f'config.mesh.param_sharding={param_sharding!r} shards it. Use param_sharding=replicated, or '
+      'deterministic=False (GSPMD all-reduces: float-equal only up to the collective\'s summation order).'
+    )
+  size = num_batch_shards(mesh)
+
+  def per_device(state, batch, expert_variables):
+    with replicas.per_device(BATCH_AXES, size):
+      return step_fn(state, batch, expert_variables)
+
+  # check_vma=False: the replicated outputs are replicated by construction (fixed-order sums), and with it
+  # jax does not insert its own psum (an all-reduce in the collective's order) when differentiating.
+  return jax.shard_map(
+    per_device, mesh=mesh, in_specs=(P(), P(BATCH_AXES), P()), out_specs=P(), check_vma=False
+  )
 
 
 def leaf_partition_spec(shape: tuple[int, ...], mesh: Mesh, mode: str) -> P:

@@ -23,6 +23,10 @@ images are taken as already scaled to [0, 1]). expert: faces (B, S/2, S, 15), me
 label (B, 1). generator/gan (time-major): inputs (B, 5, S, S, 6), gt (B, 5, S, S, 3),
 indiv_mels (B, 5, 80, 16, 1), mel (B, 80, 16, 1).
 
+Steps are written for the global batch (GSPMD makes their reductions global). Where a value leaves a
+per-example computation (gradients, losses, metrics) it passes `replicas.pmean`: the identity under plain jit,
+the fixed-order mean over devices when the loop runs the step per device (`config.mesh.deterministic`).
+
 Precision: params and optimizer states float32; models compute in config.model.compute_dtype; every loss
 is computed in float32.
 """
@@ -41,7 +45,7 @@ import optax
 from flax import struct
 from jax import lax
 
-from lipsync_jax import weights, windows
+from lipsync_jax import replicas, weights, windows
 from lipsync_jax.training import losses
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -423,6 +427,7 @@ def expert_train_step(state: TrainState, batch, expert_variables=None) -> tuple[
     return loss, (updates['batch_stats'], losses.sync_accuracy(cos, label))
 
   (loss, (batch_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads, loss, acc = replicas.pmean((grads, loss, acc))  # identity under plain jit (see lipsync_jax.replicas)
   new_state = _apply_gradients(state, grads, batch_stats)
   metrics = {'loss': loss, 'acc': acc, 'grad_norm': optax.tree.norm(grads)}
   return new_state, {**metrics, 'lr': current_lr(new_state.opt_state)}
@@ -433,7 +438,8 @@ def expert_eval_step(state: TrainState, batch, expert_variables=None) -> Metrics
   mel, faces, label = _expert_inputs(batch)
   audio_emb, face_emb = expert_model(state.settings).apply(state.variables, mel, faces, train=False)
   cos = losses.cosine_similarity(audio_emb, face_emb)
-  return {'loss': losses.cosine_bce(audio_emb, face_emb, label), 'acc': losses.sync_accuracy(cos, label)}
+  metrics = {'loss': losses.cosine_bce(audio_emb, face_emb, label), 'acc': losses.sync_accuracy(cos, label)}
+  return replicas.pmean(metrics)
 
 
 def expert_sample_grid(state: TrainState, batch, expert_variables=None) -> jax.Array:
@@ -497,9 +503,17 @@ def generator_losses(
     # As the original: while w == 0 the expert is not run at all (lax.cond executes one branch; w is
     # traced, so switching it on does not recompile). The train 'sync' metric reads 0 until then; the
     # eval step (train=False) always computes it, since it drives the trigger.
-    sync = lax.cond(
-      w > 0, lambda: sync_loss(settings, expert_variables, mel, generated), lambda: jnp.zeros((), jnp.float32)
-    )
+    # Per device (replicas.count() > 1) the expert's BatchNorm exchanges statistics between devices, and
+    # XLA:CPU mismatches collectives inside conditional branches across devices (measured: rendezvous
+    # check failures / a hang): there it is always computed (the expert's cost while w == 0) and reads 0.
+    if replicas.count() > 1:
+      sync = jnp.where(w > 0, sync_loss(settings, expert_variables, mel, generated), 0.0)
+    else:
+      sync = lax.cond(
+        w > 0,
+        lambda: sync_loss(settings, expert_variables, mel, generated),
+        lambda: jnp.zeros((), jnp.float32),
+      )
   else:
     sync = sync_loss(settings, expert_variables, mel, generated)
   parts = {'l1': losses.l1(generated, gt), 'sync': sync}
@@ -527,6 +541,7 @@ def _generator_update(state: TrainState, batch, expert_variables, with_disc: boo
     True,
     disc_on,
   )
+  grads, loss, parts = replicas.pmean((grads, loss, parts))
   new_state = _apply_gradients(state, grads, batch_stats)
   metrics = {'loss': loss, **parts, 'grad_norm': optax.tree.norm(grads), 'sync_wt': state.sync_wt}
   metrics['lr'] = current_lr(new_state.opt_state)
@@ -571,6 +586,7 @@ def _gan_step(state: TrainState, batch, expert_variables, on) -> tuple[TrainStat
   (disc_loss, disc_parts), disc_grads = jax.value_and_grad(_disc_losses, argnums=1, has_aux=True)(
     settings, state.disc_params, real, generated
   )
+  disc_grads, disc_loss, disc_parts = replicas.pmean((disc_grads, disc_loss, disc_parts))
   updates, disc_opt_state = disc_optimizer(settings).update(
     disc_grads, state.disc_opt_state, state.disc_params
   )
@@ -602,7 +618,7 @@ def generator_eval_step(state: TrainState, batch, expert_variables) -> Metrics:
   if with_disc:
     _, disc_parts = _disc_losses(state.settings, state.disc_params, to_float_image(batch['gt']), generated)
     metrics.update(disc_parts)
-  return metrics
+  return replicas.pmean(metrics)
 
 
 def generator_sample_grid(state: TrainState, batch, expert_variables=None) -> jax.Array:
