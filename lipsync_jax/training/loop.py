@@ -245,6 +245,11 @@ def train_and_evaluate(
       donate_argnums=(0,),
     )
     eval_step = jax.jit(per_device(stage.eval_step), in_shardings=step_in, out_shardings=replicated)
+    if config.mesh.deterministic:
+      logging.info(
+        'steps: per device, sums over the %d devices in a fixed order (config.mesh.deterministic)',
+        sharding.num_batch_shards(mesh),
+      )
     sample_grid = jax.jit(stage.sample_grid, in_shardings=step_in, out_shardings=replicated)
 
     def evaluate(state, step: int):
