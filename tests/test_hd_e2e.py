@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
+from conftest import run_module
 
 from lipsync_jax import weights
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 192
 # One step each, no evaluation (its programs would be compiled for nothing here), checkpoint at the end.
 FEW_STEPS = [
@@ -26,20 +24,6 @@ FEW_STEPS = [
   "--config.checkpoint_every_steps=1",
   "--config.data.demo_num_clips=12",
 ]
-
-
-def _run(env: dict, *args: str, timeout: int = 900) -> str:
-  proc = subprocess.run(
-    [sys.executable, "-m", *args],
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-    cwd=ROOT,
-    env=env,
-    check=False,
-  )
-  assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-  return proc.stdout + proc.stderr
 
 
 def test_hd192_expert_then_gan_then_infer_on_a_fresh_cache(tmp_path):
@@ -52,20 +36,26 @@ def test_hd192_expert_then_gan_then_infer_on_a_fresh_cache(tmp_path):
   env.pop("XLA_FLAGS", None)  # one CPU device, as a user runs it (not the test session's 8 fake devices)
   expert_dir, gan_dir = str(tmp_path / "E"), str(tmp_path / "G")
 
-  _run(
-    env, "lipsync_jax.main", "--config=configs/expert.py:hd192_tiny", f"--workdir={expert_dir}", *FEW_STEPS
+  run_module(
+    "lipsync_jax.main",
+    "--config=configs/expert.py:hd192_tiny",
+    f"--workdir={expert_dir}",
+    *FEW_STEPS,
+    env=env,
   )
   _, expert_meta = weights.load(expert_dir, "syncnet")
   assert expert_meta["img_size"] == SIZE and expert_meta["step"] == 1, expert_meta
 
-  log = _run(
-    env,
+  proc = run_module(
     "lipsync_jax.main",
     "--config=configs/gan.py:hd192_tiny",
     f"--workdir={gan_dir}",
     f"--config.expert_checkpoint={expert_dir}",
     *FEW_STEPS,
+    env=env,
+    timeout=900,
   )
+  log = proc.stdout + proc.stderr
   assert "RANDOMLY INITIALISED" not in log, log[-3000:]
   assert f"frozen expert: {os.path.abspath(expert_dir)}" in log, log[-3000:]
   _, gan_meta = weights.load(gan_dir, "wav2lip")
@@ -84,7 +74,7 @@ def test_hd192_expert_then_gan_then_infer_on_a_fresh_cache(tmp_path):
 
   out = str(tmp_path / "result.mp4")
   args = ["--face", face, "--audio", face, "--checkpoint", gan_dir, "--out", out]
-  _run(env, "lipsync_jax.infer", *args, "--detector", "haar", "--no_progress")  # one batch shape
+  run_module("lipsync_jax.infer", *args, "--detector", "haar", "--no_progress", env=env)  # one batch shape
   info = video.probe(out)
   assert info.has_audio and (info.width, info.height) == (256, 256)
   mel_steps = 1 + len(video.read_audio(face, sr=16000)) * 80 // 16000  # one output frame per mel chunk
