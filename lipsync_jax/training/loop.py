@@ -233,9 +233,19 @@ def train_and_evaluate(
     # ---------------------------------------------------------------------------------- jitted steps ----
     replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     step_in = (state_shardings, batch_sharding, replicated)
-    train_step = jax.jit(
-      stage.train_step, in_shardings=step_in, out_shardings=(state_shardings, replicated), donate_argnums=(0,)
-    )
+
+    def jit_train_step(fn):
+      """`fn` (a stage's train step or its warm-up program) jitted: step shardings, the state donated."""
+      return jax.jit(
+        fn, in_shardings=step_in, out_shardings=(state_shardings, replicated), donate_argnums=(0,)
+      )
+
+    train_step = jit_train_step(stage.train_step)
+    # Loop steps 1..warmup_steps run the stage's warm-up program if it has one (gan: G alone while the
+    # discriminator is off), picked on the host from the Python step number; each compiles on first use.
+    warmup_fn = getattr(stage, 'warmup_train_step', None)  # stand-in stages may lack the two fields
+    warmup_steps = int(stage.warmup_steps(config)) if warmup_fn is not None else 0
+    warmup_step = jit_train_step(warmup_fn) if warmup_steps > 0 else None
     eval_step = jax.jit(stage.eval_step, in_shardings=step_in, out_shardings=replicated)
     sample_grid = jax.jit(stage.sample_grid, in_shardings=step_in, out_shardings=replicated)
 
@@ -282,7 +292,8 @@ def train_and_evaluate(
         local = next(train_iter)
       if hooks.on_batch:
         hooks.on_batch(step, local)
-      state, step_metrics = train_step(state, sharding.shard_batch(local, mesh), expert)
+      step_fn = warmup_step if step <= warmup_steps else train_step
+      state, step_metrics = step_fn(state, sharding.shard_batch(local, mesh), expert)
       metrics.add(step, step_metrics)
       preempted = preemption.should_stop(step)
       is_last = step == num_steps
