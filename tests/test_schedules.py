@@ -197,3 +197,5 @@ def test_demo_schedules_differ_from_the_original_only_in_the_demo_variants():
   for name in ('generator', 'gan'):
     demo = _load_stage_config(name, 'demo')
     assert demo.optimizer.sync_lr_factor < 1.0
+  gan = _load_stage_config('gan', 'demo')
+  assert 0 < gan.loss.disc_start_step < gan.num_train_steps  # the warm-up program, then D does train
