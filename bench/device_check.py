@@ -479,7 +479,7 @@ def train_item(stage_name: str, s: Settings) -> dict:
   rng = jax.random.key(config.seed)
   state_shardings = sharding.state_shardings(jax.eval_shape(init_fn, rng), mesh, config.mesh.param_sharding)
   state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
-  replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
   expert = None
   if stage.needs_expert:  # a random frozen expert at the generator's width, replicated (as the loop puts it)
     settings = stages.StageSettings.from_config(config, stage_name)
@@ -492,13 +492,7 @@ def train_item(stage_name: str, s: Settings) -> dict:
   jax.block_until_ready((state, expert, batch))
   init_s = time.perf_counter() - start
 
-  # As lipsync_jax.training.loop jits it.
-  step = jax.jit(
-    stage.train_step,
-    in_shardings=(state_shardings, batch_sharding, replicated),
-    out_shardings=(state_shardings, replicated),
-    donate_argnums=(0,),
-  )
+  step = sharding.jit_train_step(stage.train_step, mesh, state_shardings)  # as the train loop jits it
   start = time.perf_counter()
   compiled = step.lower(state, batch, expert).compile()
   compile_s = time.perf_counter() - start

@@ -13,8 +13,8 @@ generator / GAN stage's eval sync-loss curve against it (when the sync term enga
    the FINAL evaluation (a decayed run settles; the best of a swinging curve is luck).
 3. The README's second stage (configs/gan.py:demo by default, or generator.py:demo) against that frozen
    expert: L1 warm-up at 1e-3 until the eval sync loss < the trigger, then the sync term with the lr x0.1
-   (and, for gan, the discriminator from loss.disc_start_step). Every evaluation is printed (eval sync, L1,
-   sync weight); the summary says at which step the sync term engaged and whether the last eval sync loss
+   (for gan: the generator-only program until loss.disc_start_step, then the discriminator too). Every
+   evaluation is printed (eval sync, L1, sync weight); the summary says at which step the sync term engaged and whether the last eval sync loss
    is < --target_sync (0.69 = ln 2, the expert's chance level) and still falling.
 Prints every evaluation, the figures reached, steps/s and the wall time. A bench (20-40 min of CPU), not a
 test:

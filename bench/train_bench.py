@@ -206,7 +206,6 @@ def compile_step(
   sharding.check_global_batch_size(batch_size, mesh)
   abstract_state = jax.eval_shape(functools.partial(stage.init, config), jax.random.key(0))
   state_shardings = sharding.state_shardings(abstract_state, mesh, config.mesh.param_sharding)
-  replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   expert = None
   if stage.needs_expert:  # a frozen expert at the generator's width and size, as the loop puts it
     expert_config = bench_config('expert', width, dtype, impl, img_size, remat)
@@ -216,12 +215,7 @@ def compile_step(
     k: jax.ShapeDtypeStruct(shape, dt)
     for k, (shape, dt) in batch_spec(stage_name, batch_size, img_size).items()
   }
-  step = jax.jit(
-    stage.train_step,
-    in_shardings=(state_shardings, batch_sharding, replicated),
-    out_shardings=(state_shardings, replicated),
-    donate_argnums=(0,),
-  )
+  step = sharding.jit_train_step(stage.train_step, mesh, state_shardings)  # as the train loop jits it
   start = time.perf_counter()
   compiled = step.lower(abstract_state, batch, expert).compile(compiler_options)
   compile_s = time.perf_counter() - start

@@ -153,6 +153,40 @@ def test_gan_discriminator_switches_on_at_disc_start_step_without_recompiling():
   assert int(state.step) == 3 and step._cache_size() == compiled
 
 
+def test_gan_warm_up_program_trains_g_as_the_gan_step_and_leaves_d_untouched_without_computing_it():
+  c = make_config('gan')
+  c.loss.disc_start_step = 2
+  stage = stages.get_stage('gan')
+  assert stage.warmup_steps(c) == 2 and stages.get_stage('generator').warmup_steps(c) == 0
+  from lipsync_jax.training import loop
+
+  expert, _ = loop.load_frozen_expert(c)
+  state = stage.init(c, jax.random.key(0))
+  full, warm = jax.jit(stage.train_step), jax.jit(stage.warmup_train_step)
+  batch = generator_batch()
+  a = b = state
+  compiled = None
+  for _ in range(2):  # state.step 0 and 1: before disc_start_step
+    a, full_metrics = full(a, batch, expert)
+    b, warm_metrics = warm(b, batch, expert)
+    compiled = compiled or (warm._cache_size(), full._cache_size())  # shared caches: count the growth
+  assert sorted(warm_metrics) == sorted(full_metrics)  # the same metric keys: the loop mixes the two
+  for key in ('disc_loss', 'disc_real', 'disc_fake', 'disc_grad_norm', 'perceptual'):
+    assert float(warm_metrics[key]) == 0.0
+  assert float(warm_metrics['loss']) == pytest.approx(float(full_metrics['loss']), rel=1e-5)
+  assert max_change(b.params, a.params) < 1e-6 and max_change(b.params, state.params) > 0
+  assert max_change(b.disc_params, state.disc_params) == 0.0
+  assert max_change(b.disc_opt_state, state.disc_opt_state) == 0.0
+  assert jax.tree.structure(b) == jax.tree.structure(a)  # same state tree: checkpoints cross the switch
+  # The warm-up program does not compute the discriminator at all (the full step computes and discards it).
+  flops = {
+    name: fn.lower(state, batch, expert).compile().cost_analysis()['flops']
+    for name, fn in (('full', full), ('warm', warm))
+  }
+  assert flops['warm'] < 0.8 * flops['full']
+  assert (warm._cache_size(), full._cache_size()) == compiled
+
+
 def _load_stage_config(name: str, variant: str):
   spec = importlib.util.spec_from_file_location(f'_cfg_{name}', os.path.join(REPO, 'configs', f'{name}.py'))
   module = importlib.util.module_from_spec(spec)
@@ -170,3 +204,5 @@ def test_demo_schedules_differ_from_the_original_only_in_the_demo_variants():
   for name in ('generator', 'gan'):
     demo = _load_stage_config(name, 'demo')
     assert demo.optimizer.sync_lr_factor < 1.0
+  gan = _load_stage_config('gan', 'demo')
+  assert 0 < gan.loss.disc_start_step < gan.num_train_steps  # the warm-up program, then D does train

@@ -284,6 +284,49 @@ def test_resume_gives_the_same_losses_and_batches(tmp_path):
   assert len({c for _, c in straight.batch_checksums}) == 4  # the batches really differ per step
 
 
+def _fake_program(program: float):
+  """_fake_train_step, reporting which of the two programs ran (as metric 'program')."""
+
+  def step_fn(state, batch, expert_variables):
+    new, metrics = _fake_train_step(state, batch, expert_variables)
+    return new, {**metrics, 'program': jnp.float32(program)}
+
+  return step_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmupStage(FakeStage):
+  """A stand-in stage with a warm-up program (the gan stage's shape: stages.gan_warmup_train_step) for
+  its first 3 steps. Fresh functions per instance: each run traces (and compiles) its own programs."""
+
+  def __post_init__(self):
+    object.__setattr__(self, 'warmup_train_step', _fake_program(0.0))
+    object.__setattr__(self, 'train_step', _fake_program(1.0))
+
+  warmup_steps = staticmethod(lambda config: 3)
+
+
+def programs(run):
+  return {row['step']: int(row['program']) for row in run.train_history}
+
+
+def test_warm_up_program_then_train_step_each_compiled_once_and_resume_crosses_the_switch(tmp_path):
+  straight = run_fake(tmp_path / 'straight', stage=WarmupStage(), num_train_steps=6)
+  assert programs(straight) == {1: 0, 2: 0, 3: 0, 4: 1, 5: 1, 6: 1}  # the switch at warmup_steps
+  # Each program compiles on its first step (1 and 4) and never again (6 also compiles the evaluation).
+  assert straight.compiles_during(1) > 0 and straight.compiles_during(4) > 0
+  assert [straight.compiles_during(s) for s in (2, 3, 5)] == [0, 0, 0]
+  for stop in (2, 4):  # resume before the switch and after it
+    first = run_fake(tmp_path / f'resumed{stop}', stage=WarmupStage(), num_train_steps=stop)
+    second = run_fake(tmp_path / f'resumed{stop}', stage=WarmupStage(), num_train_steps=6)
+    assert second.start_step == stop and second.step == 6
+    assert {**programs(first), **programs(second)} == programs(straight)
+    resumed = {**losses(first), **losses(second)}
+    np.testing.assert_allclose(
+      [resumed[s] for s in range(1, 7)], [losses(straight)[s] for s in range(1, 7)], rtol=0, atol=1e-6
+    )
+
+
 def test_state_is_sharded_over_the_mesh_and_fsdp_runs(tmp_path):
   assert jax.device_count() >= 4, 'tests/conftest.py sets 8 fake CPU devices'
   replicated = run_fake(tmp_path / 'rep', num_train_steps=3)

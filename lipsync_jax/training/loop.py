@@ -233,18 +233,20 @@ def train_and_evaluate(
     # ---------------------------------------------------------------------------------- jitted steps ----
     replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     step_in = (state_shardings, batch_sharding, replicated)
-    per_device = (  # config.mesh.deterministic: fixed-order sums over devices (lipsync_jax.replicas)
-      (lambda fn: sharding.fixed_order_step(fn, mesh, config.mesh.param_sharding))
-      if config.mesh.deterministic
-      else (lambda fn: fn)
+    # config.mesh.deterministic: per device, fixed-order sums over devices (lipsync_jax.replicas).
+    jit_step = dict(
+      mesh=mesh,
+      state_shardings=state_shardings,
+      deterministic=bool(config.mesh.deterministic),
+      param_sharding=config.mesh.param_sharding,
     )
-    train_step = jax.jit(
-      per_device(stage.train_step),
-      in_shardings=step_in,
-      out_shardings=(state_shardings, replicated),
-      donate_argnums=(0,),
-    )
-    eval_step = jax.jit(per_device(stage.eval_step), in_shardings=step_in, out_shardings=replicated)
+    train_step = sharding.jit_train_step(stage.train_step, **jit_step)
+    # Loop steps 1..warmup_steps run the stage's warm-up program if it has one (gan: G alone while the
+    # discriminator is off), picked on the host from the Python step number; each compiles on first use.
+    warmup_fn = getattr(stage, 'warmup_train_step', None)  # stand-in stages may lack the two fields
+    warmup_steps = int(stage.warmup_steps(config)) if warmup_fn is not None else 0
+    warmup_step = sharding.jit_train_step(warmup_fn, **jit_step) if warmup_steps > 0 else None
+    eval_step = sharding.jit_eval_step(stage.eval_step, **jit_step)
     if config.mesh.deterministic:
       logging.info(
         'steps: per device, sums over the %d devices in a fixed order (config.mesh.deterministic)',
@@ -295,7 +297,8 @@ def train_and_evaluate(
         local = next(train_iter)
       if hooks.on_batch:
         hooks.on_batch(step, local)
-      state, step_metrics = train_step(state, sharding.shard_batch(local, mesh), expert)
+      step_fn = warmup_step if step <= warmup_steps else train_step
+      state, step_metrics = step_fn(state, sharding.shard_batch(local, mesh), expert)
       metrics.add(step, step_metrics)
       preempted = preemption.should_stop(step)
       is_last = step == num_steps

@@ -207,6 +207,39 @@ def fixed_order_step(step_fn: Callable[..., Any], mesh: Mesh, param_sharding: st
   )
 
 
+def jit_train_step(
+  step_fn: Callable[..., Any],
+  mesh: Mesh,
+  state_shardings: Any,
+  deterministic: bool = False,
+  param_sharding: str = 'replicated',
+):
+  """`step_fn(state, batch, expert_variables) -> (state, metrics)` jitted as the train loop runs it: the
+  state in `state_shardings` and donated, the batch split over the batch axes, the frozen expert and the
+  metrics replicated; per device with fixed-order sums when `deterministic` (fixed_order_step)."""
+  fn = fixed_order_step(step_fn, mesh, param_sharding) if deterministic else step_fn
+  rep = replicated(mesh)
+  return jax.jit(
+    fn,
+    in_shardings=(state_shardings, batch_sharding(mesh), rep),
+    out_shardings=(state_shardings, rep),
+    donate_argnums=(0,),
+  )
+
+
+def jit_eval_step(
+  step_fn: Callable[..., Any],
+  mesh: Mesh,
+  state_shardings: Any,
+  deterministic: bool = False,
+  param_sharding: str = 'replicated',
+):
+  """`step_fn(state, batch, expert_variables) -> metrics` jitted as the loop evaluates (nothing donated)."""
+  fn = fixed_order_step(step_fn, mesh, param_sharding) if deterministic else step_fn
+  rep = replicated(mesh)
+  return jax.jit(fn, in_shardings=(state_shardings, batch_sharding(mesh), rep), out_shardings=rep)
+
+
 def leaf_partition_spec(shape: tuple[int, ...], mesh: Mesh, mode: str) -> P:
   """'replicated' -> P(); 'fsdp' -> the largest dimension divisible by the fsdp size goes over 'fsdp'."""
   if mode not in PARAM_SHARDING_MODES:

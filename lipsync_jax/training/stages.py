@@ -1,10 +1,11 @@
 """The three training stages as pure functions: expert, generator (L1 + sync) and gan (+ quality disc).
 
 Owns: `StageSettings` (the static settings a step reads, from the locked config), `TrainState`, the
-per-stage `init` / `train_step` / `eval_step` / `sample_grid` functions, the host-side `schedule_update`
-(run after each evaluation) and `scalars` (logged at log steps) of each stage, and the `STAGES` registry
-(`get_stage(name)`). The train loop (lipsync_jax.training.loop) jits these with shardings and never
-branches on a stage's name; nothing here knows about devices, meshes or files.
+per-stage `init` / `train_step` (+ an optional warm-up program) / `eval_step` / `sample_grid` functions,
+the host-side `schedule_update` (run after each evaluation) and `scalars` (logged at log steps) of each
+stage, and the `STAGES` registry (`get_stage(name)`). The train loop (lipsync_jax.training.loop) jits
+these with shardings and never branches on a stage's name; nothing here knows about devices, meshes or
+files.
 
 Spec (WAV2LIP_REFERENCE.md sections 2-4, 6, 7):
 - expert: BCE(cosine(audio_emb, face_emb), label) in train mode (batch statistics); eval in eval mode.
@@ -17,6 +18,8 @@ Spec (WAV2LIP_REFERENCE.md sections 2-4, 6, 7):
   syncnet_wt_target once an eval sync loss is below sync_trigger_threshold, without recompiling.
 - gan: G loss = w * sync + disc_wt * perceptual + (1 - w - disc_wt) * L1, perceptual = BCE(D(G(x)), 1);
   then, in the same step, the discriminator: BCE(D(y), 1) + BCE(D(stop_gradient(G(x))), 0), own Adam.
+  Before config.loss.disc_start_step the loop runs the gan stage's warm-up program instead
+  (`gan_warmup_train_step`: G alone, D passed through; `Stage.warmup_train_step` / `warmup_steps`).
 
 Batches (lipsync_jax.data.pipeline): images uint8 BGR, turned into float x/255 inside the step (float
 images are taken as already scaled to [0, 1]). expert: faces (B, S/2, S, 15), mel (B, 80, 16, 1),
@@ -577,6 +580,33 @@ def gan_train_step(state: TrainState, batch, expert_variables) -> tuple[TrainSta
   return _gan_step(state, batch, expert_variables, on)
 
 
+def gan_warmup_train_step(state: TrainState, batch, expert_variables) -> tuple[TrainState, Metrics]:
+  """The GAN stage's program while the discriminator is off (state.step < config.loss.disc_start_step).
+
+  G trains on w * sync + (1 - w) * L1 (the loss gan_train_step computes there: its perceptual weight is 0),
+  the discriminator is neither run nor differentiated, its params and Adam state pass through unchanged,
+  and the D metrics read 0. Same state tree and metric keys as gan_train_step, so the loop switches from
+  this program to that one at disc_start_step (`gan_warmup_steps`) and checkpoints resume across the
+  switch. Why a second program: computing-and-discarding D (gan_train_step's traced switch) costs a full
+  GAN step, and a lax.cond over the two whole steps ran ~4x slower than that on XLA:CPU.
+  """
+  state, metrics, _ = _generator_update(state, batch, expert_variables, with_disc=False)
+  zero = jnp.zeros((), jnp.float32)
+  metrics.update({k: zero for k in ('perceptual', 'disc_real', 'disc_fake', 'disc_loss', 'disc_grad_norm')})
+  return state, metrics
+
+
+def gan_warmup_steps(config) -> int:
+  """How many first steps run gan_warmup_train_step: config.loss.disc_start_step (0 = none)."""
+  return max(int(config.loss.disc_start_step), 0)
+
+
+def no_warmup_steps(config) -> int:
+  """Stages without a warm-up program run train_step from the first step."""
+  del config
+  return 0
+
+
 def _gan_step(state: TrainState, batch, expert_variables, on) -> tuple[TrainState, Metrics]:
   """One GAN step; `on` None (always on) or a traced bool: whether D and its perceptual term count."""
   settings = state.settings
@@ -732,6 +762,10 @@ class Stage:
   sample_grid: Callable[[TrainState, Any, Any], jax.Array]
   scalars: Callable[[Any], dict[str, float]]
   schedule_update: Callable[[TrainState, Any, Any], tuple[TrainState, dict[str, float]]]
+  # Optional cheaper program for the first warmup_steps(config) steps (gan: G alone while D is off), same
+  # state tree and metric keys as train_step; the loop picks one per step on the host, each compiles once.
+  warmup_train_step: Callable[[TrainState, Any, Any], tuple[TrainState, Metrics]] | None = None
+  warmup_steps: Callable[[Any], int] = no_warmup_steps
 
 
 STAGES: dict[str, Stage] = {
@@ -767,6 +801,8 @@ STAGES: dict[str, Stage] = {
     generator_sample_grid,
     gan_scalars,
     sync_schedule,
+    gan_warmup_train_step,
+    gan_warmup_steps,
   ),
 }
 
