@@ -503,6 +503,7 @@ def test_sigterm_saves_at_the_current_step_and_exits_0(tmp_path):
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == 0, ''.join(lines)
   reader.join(timeout=10)
+  proc.stdout.close()
   out = ''.join(lines)
   result = json.loads([line for line in lines if line.startswith('RESULT ')][-1][len('RESULT ') :])
   assert result['preempted'] and 5 <= result['step'] < 1000000, out
