@@ -19,7 +19,6 @@ Prints every evaluation (step: acc, loss), steps/s per chunk and the wall time. 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import logging
 import pathlib
@@ -30,37 +29,6 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import learn_demo  # noqa: E402  (bench/ is not a package: its helpers load the configs the same way)
-
-
-def _literal(text: str):
-  """'1e-3' -> 0.001, 'True' -> True, "'cosine'" / 'cosine' -> 'cosine' (a --set value)."""
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
-def apply_overrides(config, overrides: list[str]) -> None:
-  """--set KEY=VALUE (dotted keys of configs/common.py's schema; an unknown key fails naming it)."""
-  for item in overrides:
-    key, sep, value = item.partition('=')
-    if not sep:
-      raise ValueError(f'--set {item!r}: expected KEY=VALUE, e.g. --set optimizer.lr=3e-4')
-    node, *path = key.split('.')
-    target = config
-    for part in [node, *path][:-1]:
-      target = target[part]
-    leaf = key.split('.')[-1]
-    if leaf not in target:
-      raise ValueError(f'--set {key}: no such config key (see configs/common.py for the schema)')
-    target[leaf] = _literal(value)  # ml_collections checks the type (an int key refuses 0.5)
-
-
-def latest_step(workdir: str) -> int:
-  """The newest checkpoint step in workdir/checkpoints (orbax names step dirs by number), 0 if none."""
-  ckpt = pathlib.Path(workdir) / 'checkpoints'
-  steps = [int(p.name) for p in ckpt.iterdir() if p.name.isdigit()] if ckpt.is_dir() else []
-  return max(steps, default=0)
 
 
 def lr_override_stage(lr: float):
@@ -85,57 +53,6 @@ def lr_override_stage(lr: float):
     return base.train_step(state, batch, expert_variables)
 
   return dataclasses.replace(base, train_step=train_step)
-
-
-def train_until(
-  config, workdir: str, chunk: int, max_steps: int, target_acc: float, budget_s: float, stage=None
-):
-  """learn_demo.train_until, plus the train means at every log step (is it still at chance, loss 0.69?).
-
-  Runs lipsync_jax.training.loop.train_and_evaluate in resumed chunks of `chunk` steps until the best
-  held-out accuracy >= target_acc, max_steps or budget_s; returns (eval rows, wall seconds, chunk figures).
-  """
-  from lipsync_jax.training import loop
-
-  history, chunks, start = [], [], time.time()
-
-  def on_log(step, rows):
-    means = {k: float(np.mean([r[k] for r in rows if k in r])) for k in ('loss', 'acc')}
-    text = ', '.join(f'{k}={v:.4f}' for k, v in means.items())
-    print(f'[train] step {step}: {text}  ({time.time() - start:.0f} s)', flush=True)
-
-  def on_eval(step, row):
-    history.append(dict(row, step=step))
-    print(
-      f'[eval] step {step}: '
-      + ', '.join(f'{k}={v:.4f}' for k, v in sorted(row.items()))
-      + f'  ({time.time() - start:.0f} s)',
-      flush=True,
-    )
-
-  hooks = loop.Hooks(on_log=on_log, on_eval=on_eval)
-  step = latest_step(workdir)  # resume (or continue a copied workdir) from its last checkpoint
-  while step < max_steps:
-    step = min(step + chunk, max_steps)
-    config.num_train_steps = step
-    chunk_start = time.time()
-    result = loop.train_and_evaluate(config, workdir, stage=stage, hooks=hooks)
-    wall = round(time.time() - chunk_start)
-    chunks.append((result.start_step, result.step, round(result.steps_per_sec, 3), wall))
-    print(
-      f'[chunk] steps {result.start_step}..{result.step}: {result.steps_per_sec:.3f} steps/s '
-      f'(excl. compile), {wall} s wall',
-      flush=True,
-    )
-    if result.preempted:  # SIGTERM: the loop saved a checkpoint; rerun the same command to resume
-      print(f'preempted at step {result.step}', flush=True)
-      break
-    if history and max(r['acc'] for r in history) >= target_acc:
-      break
-    if time.time() - start > budget_s:
-      print(f'time budget of {budget_s:.0f} s used up at step {step}', flush=True)
-      break
-  return history, time.time() - start, chunks
 
 
 def main(argv=None) -> None:
@@ -174,7 +91,7 @@ def main(argv=None) -> None:
     cfg.data.demo_num_clips = args.num_clips
   if args.eval_batches:
     cfg.eval_batches = args.eval_batches
-  apply_overrides(cfg, args.set)
+  learn_demo.apply_overrides(cfg, args.set)
   args.max_steps = args.max_steps or int(cfg.num_train_steps)
   if not cfg.optimizer.decay_steps:  # 0 = num_train_steps, which each resumed chunk below changes: pin it
     cfg.optimizer.decay_steps = args.max_steps
@@ -203,14 +120,16 @@ def main(argv=None) -> None:
     f'{cfg.eval_batches * cfg.data.global_batch_size} fixed held-out pairs; overrides {args.set}',
     flush=True,
   )
-  history, wall, chunks = train_until(
+  history, wall, chunks = learn_demo.train_until(
     cfg,
     args.workdir,
     args.eval_every * args.chunk_evals,
     args.max_steps,
-    args.target_acc,
+    lambda h: max(r['acc'] for r in h) >= args.target_acc,
+    'expert',
     args.budget_min * 60,
     stage=lr_override_stage(args.lr_override) if args.lr_override else None,
+    log_means=('loss', 'acc'),
   )
   if not history:
     raise SystemExit(f'no evaluation ran (workdir {args.workdir} already at --max_steps {args.max_steps}?)')
