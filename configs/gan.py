@@ -54,7 +54,24 @@ def _demo(c):
   c.loss.disc_start_step = 650
 
 
-VARIANTS = common.with_hd_variants({'default': _default, 'tiny': _tiny, 'demo': _demo})
+def _hd192_demo(c):
+  """gan.py:demo at 192 px (after expert.py:hd192_demo), the sync term entering below an eval sync loss of 1.1.
+
+  At 192 the L1 phase levels off above the original's 0.75 trigger: against the 192 demo expert (0.92
+  held-out) the eval sync loss read 2.31 @ 50, 2.00 @ 150, 4.35 @ 250, 1.49 @ 350, 1.14 @ 400, 1.05 @ 450,
+  then 1.03-1.25 up to step 650 and 0.99-1.10 with the discriminator on to 750: the 0.75 trigger never
+  fired (bench/learn_demo.py --variant hd192_demo with the 0.75 of gan.py:demo). Entered at 1.08 (step 650
+  of that run, lr 1e-3 -> 1e-4) the sync term took it to 0.55 @ 700, 0.45 @ 750, 0.38 @ 800. The rest is
+  gan.py:demo's schedule (750 steps, discriminator from 650).
+  """
+  _demo(c)
+  common.hd(c, 192)
+  c.loss.sync_trigger_threshold = 1.1
+
+
+VARIANTS = common.with_hd_variants(
+  {'default': _default, 'tiny': _tiny, 'demo': _demo, 'hd192_demo': _hd192_demo}
+)
 
 
 def get_config(arg: str | None = None):
