@@ -62,7 +62,9 @@ def _hd192_demo(c):
   then 1.03-1.25 up to step 650 and 0.99-1.10 with the discriminator on to 750: the 0.75 trigger never
   fired (bench/learn_demo.py --variant hd192_demo with the 0.75 of gan.py:demo). Entered at 1.08 (step 650
   of that run, lr 1e-3 -> 1e-4) the sync term took it to 0.55 @ 700, 0.45 @ 750, 0.38 @ 800. The rest is
-  gan.py:demo's schedule (750 steps, discriminator from 650).
+  gan.py:demo's schedule (750 steps, discriminator from 650). This variant (bench/learn_demo.py --variant
+  hd192_demo; steps 1-400 are the run above's, identical until the trigger): trigger at 450 (1.05), 0.53 @
+  500, 0.49 @ 550, 0.41 @ 600, 0.40 @ 650, 0.42 @ 700, 0.34 @ 750 (end); 0.6 steps/s alone on 2 cores.
   """
   _demo(c)
   common.hd(c, 192)
