@@ -23,7 +23,7 @@ test:
   python bench/learn_demo.py --workdir /tmp/learn_demo --second none --seed 1  # the 96 expert at another seed
   python bench/learn_demo.py --workdir /tmp/learn_192 --variant hd192_demo --expert_steps 2000
   python bench/learn_demo.py --workdir /tmp/learn_192 --variant hd192_demo \
-    --expert_checkpoint /tmp/learn_192/expert --set loss.sync_trigger_threshold=1.1  # a trained expert
+    --expert_checkpoint /tmp/learn_192/expert --set loss.disc_start_step=700  # a trained expert
 
 --seed sets config.seed (parameter init and the sampler's batches) of both stages; --set KEY=VALUE changes a
 second-stage config key. A rerun with the same --workdir resumes each stage from its last checkpoint.
@@ -66,11 +66,10 @@ def apply_overrides(config, overrides: list[str]) -> None:
     key, sep, value = item.partition('=')
     if not sep:
       raise ValueError(f'--set {item!r}: expected KEY=VALUE, e.g. --set optimizer.lr=3e-4')
-    node, *path = key.split('.')
+    *parents, leaf = key.split('.')
     target = config
-    for part in [node, *path][:-1]:
+    for part in parents:
       target = target[part]
-    leaf = key.split('.')[-1]
     if leaf not in target:
       raise ValueError(f'--set {key}: no such config key (see configs/common.py for the schema)')
     target[leaf] = _literal(value)  # ml_collections checks the type (an int key refuses 0.5)
